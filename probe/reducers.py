@@ -1,0 +1,327 @@
+"""Streaming reducers: what to keep of each captured tensor, batch after batch.
+
+A reducer sees tensors shaped ``(batch, position, dim)`` (attention patterns: ``(batch, head,
+query, key)``, where the last axis plays the role of ``dim``) and keeps only its summary, so a
+scan over thousands of tokens never holds ``layers x tokens x d_ff`` values unless asked to
+(:class:`Full`). Hyper-parameters go in ``__init__``; state is created on the first
+:meth:`Reducer.update`, so one instance can serve as the prototype for every hook point
+(:func:`probe.capture.capture` copies it per point).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Batch:
+    """What a reducer knows about the current forward pass besides the tensor.
+
+    ``tokens``: input ids ``(batch, position)`` or ``None``; ``offset``: number of sequences seen
+    in earlier passes (so batch indices are global); ``mask``: ``(batch, position)`` booleans,
+    ``False`` on padding, or ``None`` when every position is real.
+    """
+
+    tokens: torch.Tensor | None = None
+    offset: int = 0
+    mask: torch.Tensor | None = None
+
+
+class Reducer(ABC):
+    """Base class: ``update`` with each batch, then ``result()``."""
+
+    name: str = "reducer"
+
+    @abstractmethod
+    def update(self, x: torch.Tensor, batch: Batch) -> None: ...
+
+    @abstractmethod
+    def result(self) -> Any: ...
+
+    def fresh(self) -> "Reducer":
+        """A new, empty reducer with the same hyper-parameters."""
+        return copy.deepcopy(self)
+
+
+def _token_vectors(x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``(n, dim)`` of real (unmasked) tokens with their global sequence index and position."""
+    b, t = x.shape[0], x.shape[1]
+    seq = torch.arange(b).repeat_interleave(t) + batch.offset
+    pos = torch.arange(t).repeat(b)
+    rows = x.reshape(b * t, -1)
+    if batch.mask is not None:
+        keep = batch.mask.reshape(-1).to(torch.bool).cpu()
+        rows, seq, pos = rows[keep.to(rows.device)], seq[keep], pos[keep]
+    return rows, seq, pos
+
+
+class Full(Reducer):
+    """Keep the whole tensor (opt-in; concatenated along the batch axis, on the CPU)."""
+
+    name = "full"
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        chunk = x.detach().to("cpu", self.dtype or x.dtype).clone()
+        self._chunks = [*getattr(self, "_chunks", []), chunk]
+
+    def result(self) -> torch.Tensor:
+        chunks = getattr(self, "_chunks", [])
+        if not chunks:
+            raise ValueError("Full: no tensor was captured")
+        if all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
+            return torch.cat(chunks)
+        raise ValueError("Full: batches have different shapes; capture them one pass at a time")
+
+
+@dataclass
+class TopKResult:
+    """The ``k`` entries with the largest ``|value|``: signed ``values``, their ``indices``
+    (``k x ndim``; column 0 is the global sequence index) and the input ``tokens`` at them."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    tokens: torch.Tensor | None
+
+    @property
+    def batch(self) -> torch.Tensor:
+        return self.indices[:, 0]
+
+    @property
+    def position(self) -> torch.Tensor:
+        return self.indices[:, 1]
+
+    @property
+    def dim(self) -> torch.Tensor:
+        return self.indices[:, -1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": self.values.tolist(),
+            "indices": self.indices.tolist(),
+            "tokens": None if self.tokens is None else self.tokens.tolist(),
+        }
+
+
+class TopK(Reducer):
+    """Exact running top-``k`` of ``|x|`` over every entry, with their indices and tokens.
+
+    Per batch it ranks rows (all but the last axis) by their max ``|x|``; the top-``k`` entries
+    of the batch lie in the ``k`` best rows (any entry outside them is beaten by ``k`` row
+    maxima), so only ``k`` rows are searched. Equals ``torch.topk(x.abs().flatten(), k)`` up to
+    the order of ties.
+    """
+
+    name = "topk"
+
+    def __init__(self, k: int = 5) -> None:
+        if k < 1:
+            raise ValueError(f"TopK needs k >= 1, got {k}")
+        self.k = k
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        x = x.detach()
+        a = x.abs()
+        if batch.mask is not None:
+            a = a.masked_fill(~batch.mask.to(torch.bool).reshape(*batch.mask.shape, *[1] * (x.dim() - 2)), -1.0)
+        rows = a.reshape(-1, a.shape[-1])
+        k_rows = min(self.k, rows.shape[0])
+        best_rows = rows.amax(-1).topk(k_rows).indices
+        cand = rows[best_rows]
+        k = min(self.k, cand.numel())
+        top, flat = cand.reshape(-1).topk(k)
+        row = best_rows[flat // rows.shape[-1]]
+        col = flat % rows.shape[-1]
+        idx = torch.stack(torch.unravel_index(row, a.shape[:-1]) + (col,), dim=1).cpu()
+        vals = x.reshape(-1, x.shape[-1])[row, col].float().cpu()
+        keep = top.cpu() >= 0  # masked entries never count
+        idx, vals = idx[keep], vals[keep]
+        idx[:, 0] += batch.offset
+        tokens = None
+        if batch.tokens is not None and x.dim() == 3:
+            tokens = batch.tokens.cpu()[idx[:, 0] - batch.offset, idx[:, 1]]
+        self._merge(vals, idx, tokens)
+
+    def _merge(self, vals: torch.Tensor, idx: torch.Tensor, tokens: torch.Tensor | None) -> None:
+        if hasattr(self, "_values"):
+            vals = torch.cat([self._values, vals])
+            idx = torch.cat([self._indices, idx])
+            if tokens is not None and self._tokens is not None:
+                tokens = torch.cat([self._tokens, tokens])
+            else:
+                tokens = None
+        order = vals.abs().topk(min(self.k, len(vals))).indices
+        self._values, self._indices = vals[order], idx[order]
+        self._tokens = None if tokens is None else tokens[order]
+
+    def result(self) -> TopKResult:
+        if not hasattr(self, "_values"):
+            raise ValueError("TopK: nothing was captured")
+        return TopKResult(self._values, self._indices, self._tokens)
+
+
+# Non-negative float32 values ordered by their top 16 bits: 1 exponent byte + 7 mantissa bits.
+_BINS = 1 << 15
+
+
+@dataclass
+class MaxMedianResult:
+    """Exact ``max`` of ``|x|``, and its ``median`` from a log-spaced histogram (relative error
+    below 0.8%: each bin spans a factor ``1 + 2**-7``)."""
+
+    max: float
+    median: float
+    count: int
+    histogram: torch.Tensor = field(repr=False)
+
+    def quantile(self, q: float) -> float:
+        return _hist_quantile(self.histogram, q)
+
+    @property
+    def ratio(self) -> float:
+        """``max / median``: the massive-activation criterion of Sun et al. (2024) compares it with 1000."""
+        return self.max / self.median if self.median > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max": self.max, "median": self.median, "count": self.count}
+
+
+def _hist_quantile(hist: torch.Tensor, q: float) -> float:
+    """The ``q`` quantile of the values binned by :class:`MaxMedian`, interpolated in its bin."""
+    total = int(hist.sum())
+    target = q * (total - 1)
+    cum = hist.cumsum(0)
+    b = int(torch.searchsorted(cum, torch.tensor(target, dtype=cum.dtype), right=True))
+    before = int(cum[b - 1]) if b > 0 else 0
+    frac = (target - before + 0.5) / max(int(hist[b]), 1)
+    lo = torch.tensor([b << 16], dtype=torch.int32).view(torch.float32).item()
+    hi = torch.tensor([(b + 1) << 16], dtype=torch.int32).view(torch.float32).item()
+    return lo + min(max(frac, 0.0), 1.0) * (hi - lo)
+
+
+class MaxMedian(Reducer):
+    """Max and median of ``|x|`` over every entry, streamed through a 32768-bin histogram of
+    the float32 bit patterns (monotone in value for non-negative floats)."""
+
+    name = "maxmedian"
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        a = x.detach().abs().float()
+        if batch.mask is not None and x.dim() == 3:
+            a = a[batch.mask.to(torch.bool)]
+        bits = a.reshape(-1).view(torch.int32) >> 16
+        hist = torch.bincount(bits, minlength=_BINS).cpu()
+        top = float(a.max()) if a.numel() else 0.0
+        if hasattr(self, "_hist"):
+            self._hist += hist
+            self._max = max(self._max, top)
+        else:
+            self._hist, self._max = hist, top
+
+    def result(self) -> MaxMedianResult:
+        if not hasattr(self, "_hist"):
+            raise ValueError("MaxMedian: nothing was captured")
+        return MaxMedianResult(self._max, _hist_quantile(self._hist, 0.5), int(self._hist.sum()), self._hist)
+
+
+@dataclass
+class MomentsResult:
+    """Per-dim ``count``, ``mean`` and ``var`` (population, ``M2 / n``) over tokens; ``cov``
+    (``D x D``, population) when requested."""
+
+    count: int
+    mean: torch.Tensor
+    var: torch.Tensor
+    cov: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.tolist(), "var": self.var.tolist()}
+
+
+class Moments(Reducer):
+    """Running mean and second moments per dim over tokens, merged in float64 with Chan et al.'s
+    parallel update: ``M2 = M2_a + M2_b + delta**2 * n_a n_b / n`` (outer product for ``cov``)."""
+
+    name = "moments"
+
+    def __init__(self, cov: bool = False) -> None:
+        self.cov = cov
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        rows, _, _ = _token_vectors(x.detach(), batch)
+        rows = rows.to(torch.float64)
+        n_b = rows.shape[0]
+        if n_b == 0:
+            return
+        mean_b = rows.mean(0)
+        centred = rows - mean_b
+        m2_b = centred.T @ centred if self.cov else (centred * centred).sum(0)
+        if not hasattr(self, "_n"):
+            self._n, self._mean, self._m2 = n_b, mean_b, m2_b
+            return
+        n = self._n + n_b
+        delta = mean_b - self._mean
+        correction = torch.outer(delta, delta) if self.cov else delta * delta
+        self._m2 = self._m2 + m2_b + correction * (self._n * n_b / n)
+        self._mean = self._mean + delta * (n_b / n)
+        self._n = n
+
+    def result(self) -> MomentsResult:
+        if not hasattr(self, "_n"):
+            raise ValueError("Moments: nothing was captured")
+        cov = (self._m2 / self._n).cpu() if self.cov else None
+        var = torch.diagonal(cov).clone() if cov is not None else (self._m2 / self._n).cpu()
+        return MomentsResult(self._n, self._mean.cpu(), var, cov)
+
+
+@dataclass
+class SampleResult:
+    """Token vectors ``(n, dim)`` with their input ``tokens``, global sequence index ``batch``
+    and ``position``."""
+
+    vectors: torch.Tensor
+    tokens: torch.Tensor | None
+    batch: torch.Tensor
+    position: torch.Tensor
+
+
+class Reservoir(Reducer):
+    """A uniform sample without replacement of ``n`` token vectors, streamed: every token gets
+    a random key and the ``n`` smallest keys are kept (bottom-``n`` sampling, equivalent to
+    reservoir sampling). Deterministic for a given ``seed`` and batch order."""
+
+    name = "reservoir"
+
+    def __init__(self, n: int = 1000, seed: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        if not hasattr(self, "_gen"):
+            self._gen = torch.Generator().manual_seed(self.seed)
+        rows, seq, pos = _token_vectors(x.detach(), batch)
+        keys = torch.rand(rows.shape[0], generator=self._gen)
+        tokens = None
+        if batch.tokens is not None:
+            tokens = batch.tokens.cpu()[seq - batch.offset, pos]
+        rows = rows.cpu().float()
+        if hasattr(self, "_keys"):
+            keys = torch.cat([self._keys, keys])
+            rows = torch.cat([self._rows, rows])
+            seq, pos = torch.cat([self._seq, seq]), torch.cat([self._pos, pos])
+            tokens = None if tokens is None or self._tokens is None else torch.cat([self._tokens, tokens])
+        keep = keys.topk(min(self.n, len(keys)), largest=False).indices.sort().values
+        self._keys, self._rows, self._seq, self._pos = keys[keep], rows[keep], seq[keep], pos[keep]
+        self._tokens = None if tokens is None else tokens[keep]
+
+    def result(self) -> SampleResult:
+        if not hasattr(self, "_rows"):
+            raise ValueError("Reservoir: nothing was captured")
+        return SampleResult(self._rows, self._tokens, self._seq, self._pos)
