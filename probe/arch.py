@@ -30,6 +30,8 @@ class Arch:
     ``conv1d``: weights are stored ``in x out`` (GPT-2 ``Conv1D``).
     ``ln2``: the norm in front of the FFN; its input is the ``hook_resid_mid`` point when
     ``sequential`` (attention then FFN, not GPT-NeoX's parallel residual).
+    ``flat_ffn``: the block flattens ``(batch, position, d)`` to ``(batch * position, d)`` before
+    ``ln2`` and the FFN (OPT); hook points there are reshaped back to three axes.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Arch:
     conv1d: bool = False
     sequential: bool = True
     causal: bool = True
+    flat_ffn: bool = False
 
     @property
     def gated(self) -> bool:
@@ -102,6 +105,7 @@ ADAPTERS: tuple[Arch, ...] = (
         ln1="self_attn_layer_norm",
         ln2="final_layer_norm",
         final_norm=("model.decoder.final_layer_norm", "decoder.final_layer_norm"),
+        flat_ffn=True,
     ),
     Arch(
         name="gpt_neox",

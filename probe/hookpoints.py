@@ -25,6 +25,7 @@ Patterns use shell globs (``blocks.*.mlp.hook_post``, ``blocks.1?.hook_resid_pos
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
@@ -63,6 +64,7 @@ class HookPoint:
     half: int | None
     layer: int
     order: int
+    flat_block: nn.Module | None = None  # the block whose input shape undoes a flattening (OPT's FFN)
 
     def get(self, value: Any) -> torch.Tensor:
         """The tensor inside a module's ``(args, kwargs)`` (input side) or its output."""
@@ -77,7 +79,7 @@ class HookPoint:
             )
         if self.half is not None:
             tensor = tensor.chunk(2, dim=-1)[self.half]
-        return tensor
+        return self._unflatten(tensor)
 
     def put(self, value: Any, tensor: torch.Tensor) -> Any:
         """``value`` with the tensor replaced (the inverse of :meth:`get`)."""
@@ -86,11 +88,23 @@ class HookPoint:
         if self.side == "input":
             args, kwargs = value
             if args:
-                return (tensor, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": tensor}
+                return (self._flatten_like(tensor, args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self._flatten_like(tensor, kwargs["hidden_states"])}
         if isinstance(value, tuple):
             item = self.item or 0
-            return (*value[:item], tensor, *value[item + 1 :])
+            return (*value[:item], self._flatten_like(tensor, value[item]), *value[item + 1 :])
+        return self._flatten_like(tensor, value)
+
+    def _unflatten(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(batch * position, d)`` back to ``(batch, position, d)`` inside a flattening block (OPT)."""
+        lead = getattr(self.flat_block, _LEAD_SHAPE, None) if self.flat_block is not None else None
+        if lead is not None and tensor.dim() == 2 and math.prod(lead) == tensor.shape[0]:
+            return tensor.reshape(*lead, tensor.shape[-1])
+        return tensor
+
+    def _flatten_like(self, tensor: torch.Tensor, original: Any) -> torch.Tensor:
+        if self.flat_block is not None and isinstance(original, torch.Tensor) and original.dim() == 2 and tensor.dim() == 3:
+            return tensor.reshape(original.shape[0], tensor.shape[-1])
         return tensor
 
 
@@ -107,18 +121,39 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
     layers = archs.decoder_layers(model, arch)
     points = [HookPoint("hook_embed", model.get_input_embeddings(), "output", None, None, -1, 0)]
     for index, block in enumerate(layers):
+        if arch.flat_ffn:
+            _record_lead_shape(block)
         for suffix, role, side, item, half, order in _BLOCK_POINTS:
             module = _role_module(block, arch, role, half)
             if module is None:
                 continue
             half_used = half if arch.fused_gate_up and role in ("gate", "up") else None
-            points.append(HookPoint(f"blocks.{index}.{suffix}", module, side, item, half_used, index, order))
+            flat = block if arch.flat_ffn and role in _FLAT_ROLES else None
+            points.append(HookPoint(f"blocks.{index}.{suffix}", module, side, item, half_used, index, order, flat))
     try:
         norm = archs.final_norm(model, arch)
         points.append(HookPoint("ln_final.hook_normalized", norm, "output", None, None, len(layers), 0))
     except Exception:
         pass
     return {p.name: p for p in points}
+
+
+_FLAT_ROLES = ("ln2", "gate", "up", "down")
+_LEAD_SHAPE = "_probe_lead_shape"
+
+
+def _record_lead_shape(block: nn.Module) -> None:
+    """Keep ``block``'s input shape minus the last axis on the block at each forward (once per block)."""
+    if getattr(block, "_probe_records_shape", False):
+        return
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor):
+            setattr(module, _LEAD_SHAPE, tuple(hidden.shape[:-1]))
+
+    block.register_forward_pre_hook(record, with_kwargs=True)
+    block._probe_records_shape = True
 
 
 def _role_module(block: nn.Module, arch: archs.Arch, role: str, half: int | None) -> nn.Module | None:

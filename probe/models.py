@@ -200,7 +200,13 @@ def _gguf_to_safetensors(folder: Path, filename: str, notes: list[str]) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if target.exists() and not any(target.glob("model*.safetensors")):
+            shutil.rmtree(target)  # a broken cache entry
         os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(target.glob("model*.safetensors")):  # not just another process winning the race
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
