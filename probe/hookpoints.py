@@ -70,7 +70,7 @@ class HookPoint:
         """The tensor inside a module's ``(args, kwargs)`` (input side) or its output."""
         if self.side == "input":
             args, kwargs = value
-            return args[0] if args else kwargs["hidden_states"]
+            return self._unflatten(args[0] if args else kwargs["hidden_states"])
         tensor = value[self.item or 0] if isinstance(value, (tuple, list)) else value
         if tensor is None:
             raise HookPointError(
@@ -109,9 +109,10 @@ class HookPoint:
 
 
 def _canonical(name: str) -> str:
-    for alias, target in ALIASES.items():
-        if name.endswith("." + alias):
-            return name[: -len(alias)] + target
+    """Expand a block-level alias (``blocks.{l}.hook_out``); ``blocks.{l}.mlp.hook_out`` is no alias."""
+    prefix, _, last = name.rpartition(".")
+    if last in ALIASES and re.fullmatch(r"blocks\.[^.]+", prefix):
+        return f"{prefix}.{ALIASES[last]}"
     return name
 
 

@@ -102,6 +102,8 @@ def load_model(
 
     ``attn_implementation="eager"`` is needed to capture ``attn.hook_pattern``.
     """
+    import transformers  # noqa: F401  (imported before the clock starts: the load time is the load's)
+
     start = time.perf_counter()
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:

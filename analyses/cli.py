@@ -1,0 +1,93 @@
+"""The ``probe`` command line. Errors on bad input print one red line and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Look inside causal language models: hook points, massive activations, ablations, geometry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = typer.Option("smollm2", "--model", "-m", help="'smollm2' (embedded), a local HF folder, a .gguf file or a hub id.")
+DtypeOpt = typer.Option(None, "--dtype", help="float32 (default), bfloat16 or float16.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps ...")
+DownloadOpt = typer.Option(False, "--download", help="Allow fetching a hub id that is not in the local HF cache.")
+RemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the checkpoint (off by default).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
+@app.command()
+def models(as_json: bool = JsonOpt) -> None:
+    """List the models loadable here without a download."""
+    from probe.models import available_models, cache_dir
+
+    names = available_models()
+    if as_json:
+        out.print_json(json.dumps({"models": names, "cache": str(cache_dir())}))
+        return
+    table = Table("model", title="Loadable offline")
+    for name in names:
+        table.add_row(name)
+    out.print(table)
+    out.print(f"Also accepted: a local HF folder, a .gguf file, or a hub id with --download. Cache: {cache_dir()}")
+
+
+@app.command()
+def info(
+    model: str = ModelOpt,
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Architecture summary of a model and the names of its hook points."""
+    from analyses.summary import summarize
+
+    from probe.models import load_model
+
+    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    summary = summarize(loaded)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table("property", "value", title=f"probe info: {model}", show_header=False)
+    for key, value in summary.items():
+        if key != "hook_points":
+            table.add_row(key, str(value))
+    out.print(table)
+    out.print("[bold]Hook points[/bold] (l = 0.." + str(summary["n_layers"] - 1) + "):")
+    for name in summary["hook_points"]:
+        out.print("  " + name)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry: run the app, turning toolkit errors into one red line and exit 2.
+
+    Usage errors (bad options) are click's own: a usage message and exit 2.
+    """
+    from probe.errors import ProbeError
+
+    try:
+        app(args=argv)
+    except ProbeError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]: nothing was written; the model was restored")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
