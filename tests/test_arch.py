@@ -8,6 +8,7 @@ re-added by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from types import SimpleNamespace
 from typing import Callable
 
@@ -23,7 +24,7 @@ from probe.hookpoints import hook_points, resolve
 from probe.reducers import Full
 
 VOCAB, HIDDEN, D_FF, LAYERS, HEADS = 128, 32, 64, 2, 4
-IDS = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+IDS = torch.randint(3, VOCAB - 8, (2, 6), generator=torch.Generator().manual_seed(0))
 TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
@@ -67,6 +68,17 @@ def _bert():
                       num_attention_heads=HEADS, max_position_embeddings=64, is_decoder=True, pad_token_id=0)
 
 
+def _gemma3_multimodal():
+    """Gemma 3 with a (tiny) vision tower: the text layers sit under ``model.language_model``."""
+    from transformers import Gemma3Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=16, patch_size=8)
+    return Gemma3Config(text_config=_decoder("Gemma3TextConfig", head_dim=8)(), vision_config=vision,
+                        mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+                        image_token_index=VOCAB - 1)
+
+
 @dataclass(frozen=True)
 class Family:
     model_type: str
@@ -87,6 +99,7 @@ FAMILIES = [
     Family("qwen2", _decoder("Qwen2Config"), "llama", True, True, "add"),
     Family("gemma2", _decoder("Gemma2Config", head_dim=8), "gemma", True, True, "gemma"),
     Family("gemma3_text", _decoder("Gemma3TextConfig", head_dim=8), "gemma", True, True, "gemma"),
+    Family("gemma3", _gemma3_multimodal, "gemma", True, True, "gemma", "text_config.intermediate_size"),
     Family("phi3", _decoder("Phi3Config"), "phi3", True, True, "add"),
     Family("gpt2", _gpt2, "gpt2", False, True, "add", "n_inner"),
     Family("opt", _opt, "opt", False, True, "add", "ffn_dim"),
@@ -156,7 +169,7 @@ def test_adapter_layers_and_widths(built):
     assert archs.layer(model, -1) is layers[-1]
     with pytest.raises(LayerError):
         archs.layer(model, LAYERS)
-    assert archs.d_ff(model) == getattr(config, family.d_ff_attr) == D_FF
+    assert archs.d_ff(model) == attrgetter(family.d_ff_attr)(config) == D_FF
     for role in ("attn", "up", "down", "act", "ln1", "ln2") + (("gate",) if arch.gate else ()):
         assert isinstance(archs.submodule(model, 0, role), nn.Module), role
 
