@@ -58,7 +58,7 @@ def nnsight_trace(
             path = paths[id(point.module)]
             for part in path.split(".") if path else []:
                 envoy = getattr(envoy, part)
-            value = envoy.input if point.side == "input" else point.get(envoy.output)
+            value = point.get(((envoy.input,), {})) if point.side == "input" else point.get(envoy.output)
             saved[point.name] = value.save()
     return {name: value.detach() for name, value in saved.items()}
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from probe.errors import EmptyInputError, ProbeError
-from probe.hookpoints import HookPoint, resolve
+from probe.hookpoints import HookPoint, record_shapes, resolve
 from probe.reducers import Batch, Reducer
 
 BACKENDS = ("torch", "transformer_lens", "nnsight")
@@ -69,6 +69,7 @@ class Capture:
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._record_inputs, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._advance))
+            self._handles.extend(record_shapes(self.points))
             if self.backend == "torch":
                 for point in self.points:
                     self._handles.append(_register(point, self._feeder(point)))

@@ -22,7 +22,7 @@ from torch import nn
 
 from probe.arch import weight_view
 from probe.errors import EditError
-from probe.hookpoints import resolve
+from probe.hookpoints import record_shapes, resolve
 
 _BLOCK_WEIGHT = re.compile(r"^blocks\.(-?\d+)\.mlp\.(W_\w+)$")
 
@@ -131,6 +131,7 @@ def edit_residual(
         out[ix] = torch.as_tensor(new, dtype=out.dtype, device=out.device) if not isinstance(new, torch.Tensor) else new.to(out)
         return out
 
+    handles = record_shapes([hp])
     if hp.side == "input":
         handle = hp.module.register_forward_pre_hook(
             lambda m, args, kwargs: hp.put((args, kwargs), apply(hp.get((args, kwargs)))), with_kwargs=True
@@ -140,4 +141,5 @@ def edit_residual(
     try:
         yield
     finally:
-        handle.remove()
+        for h in [handle, *handles]:
+            h.remove()

@@ -122,8 +122,6 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
     layers = archs.decoder_layers(model, arch)
     points = [HookPoint("hook_embed", model.get_input_embeddings(), "output", None, None, -1, 0)]
     for index, block in enumerate(layers):
-        if arch.flat_ffn:
-            _record_lead_shape(block)
         for suffix, role, side, item, half, order in _BLOCK_POINTS:
             module = _role_module(block, arch, role, half)
             if module is None:
@@ -143,18 +141,16 @@ _FLAT_ROLES = ("ln2", "gate", "up", "down")
 _LEAD_SHAPE = "_probe_lead_shape"
 
 
-def _record_lead_shape(block: nn.Module) -> None:
-    """Keep ``block``'s input shape minus the last axis on the block at each forward (once per block)."""
-    if getattr(block, "_probe_records_shape", False):
-        return
-
+def record_shapes(points: Iterable[HookPoint]) -> list[Any]:
+    """Register, for each flattening block among ``points`` (OPT), a pre-hook that remembers its
+    input shape so :meth:`HookPoint.get` can unflatten; returns the handles to remove."""
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.get("hidden_states")
         if isinstance(hidden, torch.Tensor):
             setattr(module, _LEAD_SHAPE, tuple(hidden.shape[:-1]))
 
-    block.register_forward_pre_hook(record, with_kwargs=True)
-    block._probe_records_shape = True
+    blocks = {id(p.flat_block): p.flat_block for p in points if p.flat_block is not None}
+    return [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks.values()]
 
 
 def _role_module(block: nn.Module, arch: archs.Arch, role: str, half: int | None) -> nn.Module | None:

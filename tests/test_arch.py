@@ -116,6 +116,15 @@ class Built:
     acts: dict[str, torch.Tensor]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: threads only add overhead (and stall badly on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=str)
 def built(request) -> Built:
     from transformers import AutoModelForCausalLM
@@ -371,3 +380,13 @@ def test_unknown_model_type_lists_supported(model_type):
 def test_model_without_config_is_unsupported():
     with pytest.raises(UnsupportedArchitectureError, match="supported:"):
         archs.arch_for(nn.Linear(2, 2))
+
+
+def test_capture_and_edits_leave_no_hooks_behind(built):
+    model = built.model
+    count = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    before = count()
+    _run(model, ["blocks.*.mlp.hook_post", "blocks.*.hook_resid_post"])
+    with edit_residual(model, "blocks.0.mlp.hook_post", positions=[0], dims=[0]):
+        pass
+    assert count() == before
