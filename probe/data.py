@@ -1,0 +1,119 @@
+"""Corpora and the fixed tokenization protocol every analysis uses.
+
+Sources (:func:`load_corpus`):
+
+- ``"stdlib"`` (default, offline): the topic help texts that ship with CPython in
+  ``pydoc_data.topics`` (about 1 MB of English technical prose), in key order;
+- a ``.txt`` file (one document) or a ``.jsonl`` file (one document per line, field ``text``);
+- ``"hf:NAME[:CONFIG][:SPLIT]"``: a Hugging Face dataset through ``datasets`` when reachable
+  (e.g. ``hf:wikitext:wikitext-2-raw-v1:test``).
+
+Protocol (:func:`token_windows`): documents are joined with a blank line and tokenized once
+without special tokens; the stream is cut into windows of ``seq_len - 1`` tokens (stride
+``stride``, default the window length, i.e. no overlap), and each window gets one ``prepend``
+token in front, so every row has exactly ``seq_len`` tokens. ``prepend="auto"`` is
+``<|endoftext|>`` when the vocabulary has it (GPT-2, Pythia, SmolLM2: id 0, the document
+separator of their pre-training data), else the tokenizer's BOS, else nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probe.errors import EmptyInputError, ProbeError
+
+
+def load_corpus(source: str = "stdlib") -> list[str]:
+    """The documents of ``source`` (see module docstring), non-empty strings."""
+    if source == "stdlib":
+        from pydoc_data.topics import topics
+
+        docs = [topics[key] for key in sorted(topics)]
+    elif source.startswith("hf:"):
+        docs = _hf_corpus(source[3:])
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ProbeError(f"corpus {source!r} is neither 'stdlib', 'hf:NAME' nor an existing .txt/.jsonl file")
+        if path.suffix == ".jsonl":
+            docs = []
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    docs.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ProbeError(f"{source}:{number}: expected a JSON object with a 'text' field ({exc})") from None
+        else:
+            try:
+                docs = [path.read_text(encoding="utf-8")]
+            except UnicodeDecodeError:
+                raise ProbeError(f"{source} is not UTF-8 text") from None
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise EmptyInputError(f"corpus {source!r} has no text")
+    return docs
+
+
+def _hf_corpus(spec: str) -> list[str]:
+    name, _, rest = spec.partition(":")
+    config, _, split = rest.partition(":")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config or None, split=split or "test")
+    except Exception as exc:
+        raise ProbeError(f"cannot load the Hugging Face dataset {spec!r} (offline?): {exc}") from None
+    return [str(t) for t in ds["text"]]
+
+
+def prepend_id(tokenizer: Any, prepend: str | int | None = "auto") -> int | None:
+    """The token id put in front of every window (see module docstring)."""
+    if prepend is None or isinstance(prepend, int):
+        return prepend
+    if prepend == "auto":
+        vocab = tokenizer.get_vocab()
+        return vocab["<|endoftext|>"] if "<|endoftext|>" in vocab else tokenizer.bos_token_id
+    if prepend in ("bos", "eos"):
+        return getattr(tokenizer, f"{prepend}_token_id")
+    raise ProbeError(f"prepend must be 'auto', 'bos', 'eos', a token id or None, not {prepend!r}")
+
+
+def token_windows(
+    tokenizer: Any,
+    docs: list[str] | str,
+    seq_len: int = 128,
+    n_seqs: int | None = None,
+    prepend: str | int | None = "auto",
+    stride: int | None = None,
+) -> torch.Tensor:
+    """``(n, seq_len)`` token ids cut from ``docs`` by the protocol in the module docstring.
+
+    Text shorter than one window gives one shorter row. ``n_seqs`` caps the number of rows.
+    """
+    if isinstance(docs, str):
+        docs = [docs]
+    text = "\n\n".join(docs)
+    if not text.strip():
+        raise EmptyInputError("the text is empty")
+    first = prepend_id(tokenizer, prepend)
+    width = seq_len - (first is not None)
+    if width < 1:
+        raise ProbeError(f"seq_len must be at least {1 + (first is not None)}, got {seq_len}")
+    stride = stride or width
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    if ids.numel() == 0:
+        raise EmptyInputError("the text has no tokens")
+    if ids.numel() < width:
+        rows = ids[None]
+    else:
+        rows = ids.unfold(0, width, stride)
+    if n_seqs is not None:
+        rows = rows[:n_seqs]
+    if first is not None:
+        rows = torch.cat([torch.full((rows.shape[0], 1), first, dtype=torch.long), rows], dim=1)
+    return rows.contiguous()
