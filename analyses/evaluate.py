@@ -1,0 +1,65 @@
+"""Re-evaluate a (possibly edited) model: perplexity on a corpus.
+
+Perplexity protocol (:func:`perplexity`): rows come from :func:`probe.data.token_windows`
+(default: the stdlib corpus, ``seq_len=256``, one ``<|endoftext|>`` prepended, no overlap,
+the first ``n_seqs`` windows). Within a row every position ``t >= 1`` is scored: the model
+predicts token ``t`` from tokens ``< t``, so the prepended token is context only. With ``N``
+scored tokens in all,
+
+    ppl = exp( -(1/N) * sum_rows sum_{t>=1} log softmax(logits[t-1])[token_t] ).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe.data import load_corpus, token_windows
+
+
+@dataclass
+class Perplexity:
+    """Perplexity ``ppl`` with its mean negative log-likelihood ``nll`` over ``n_tokens`` scored tokens."""
+
+    ppl: float
+    nll: float
+    n_tokens: int
+    corpus: str
+    seq_len: int
+    n_seqs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eval_rows(tokenizer: Any, corpus: str = "stdlib", seq_len: int = 256, n_seqs: int = 16) -> torch.Tensor:
+    """The evaluation rows of the protocol in the module docstring."""
+    return token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    rows: torch.Tensor,
+    batch_size: int = 8,
+    corpus: str = "stdlib",
+    progress: Callable[[int], None] | None = None,
+) -> Perplexity:
+    """Perplexity of ``model`` on ``rows`` ``(n, seq_len)`` by the protocol in the module docstring."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, rows.shape[0], batch_size):
+        batch = rows[start : start + batch_size].to(device)
+        logits = model(batch).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        total += float(nll)
+        count += batch[:, 1:].numel()
+        if progress:
+            progress(batch.shape[0])
+    mean = total / count
+    return Perplexity(math.exp(mean), mean, count, corpus, rows.shape[1], rows.shape[0])
