@@ -11,6 +11,7 @@ scan over thousands of tokens never holds ``layers x tokens x d_ff`` values unle
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,18 +208,34 @@ def _hist_quantile(hist: torch.Tensor, q: float) -> float:
 
 
 class MaxMedian(Reducer):
-    """Max and median of ``|x|`` over every entry, streamed through a 32768-bin histogram of
-    the float32 bit patterns (monotone in value for non-negative floats)."""
+    """Max and median of ``|x|``, streamed through a 32768-bin histogram of the float32 bit
+    patterns (monotone in value for non-negative floats).
+
+    The max is always exact over every entry. ``stride=1`` (default) bins every entry;
+    ``stride=s`` bins every ``s``-th entry of the flattened tensor (``s`` is raised to the next
+    value coprime with the last dim, so every dim is visited equally), which is ``s`` times
+    cheaper and, for ``s=7`` on a hidden state of ~10^6 entries, moves the median by well under
+    1% on the embedded model (see ``tests/test_reducers.py``).
+    """
 
     name = "maxmedian"
+
+    def __init__(self, stride: int = 1) -> None:
+        if stride < 1:
+            raise ValueError(f"MaxMedian needs stride >= 1, got {stride}")
+        self.stride = stride
 
     def update(self, x: torch.Tensor, batch: Batch) -> None:
         a = x.detach().abs().float()
         if batch.mask is not None and x.dim() == 3:
             a = a[batch.mask.to(torch.bool)]
-        bits = a.reshape(-1).view(torch.int32) >> 16
+        flat = a.reshape(-1)
+        stride = self.stride
+        while stride > 1 and math.gcd(stride, a.shape[-1]) != 1:
+            stride += 1
+        bits = (flat[::stride] if stride > 1 else flat).view(torch.int32) >> 16
         hist = torch.bincount(bits, minlength=_BINS).cpu()
-        top = float(a.max()) if a.numel() else 0.0
+        top = float(flat.max()) if flat.numel() else 0.0
         if hasattr(self, "_hist"):
             self._hist += hist
             self._max = max(self._max, top)

@@ -108,3 +108,16 @@ def test_result_before_update_is_a_clear_error():
     for reducer in (Full(), TopK(3), MaxMedian(), Moments(), Reservoir()):
         with pytest.raises(ValueError, match="nothing was captured|no tensor"):
             reducer.result()
+
+
+def test_maxmedian_stride_keeps_exact_max_and_close_median(smol):
+    from probe import capture
+    from probe.data import load_corpus, token_windows
+
+    rows = token_windows(smol.tokenizer, load_corpus(), seq_len=128, n_seqs=4)
+    with capture(smol.model, "blocks.*.mlp.hook_post", reduce={"all": MaxMedian(), "s7": MaxMedian(stride=7)}) as cap:
+        cap.run(rows)
+    for name, res in cap.results.items():
+        assert res["s7"].max == res["all"].max
+        assert abs(res["s7"].median / res["all"].median - 1) < 0.01, name
+        assert res["s7"].count < res["all"].count / 6
