@@ -16,11 +16,11 @@ from probe.errors import (
 )
 from probe.hookpoints import hook_points, resolve
 from probe.models import LoadedModel, available_models, load_model
-from probe.reducers import Full, MaxMedian, Moments, Reservoir, TopK
+from probe.reducers import DimMax, Exceed, Full, MaxMedian, Moments, Reservoir, TopK
 
 __all__ = [
     "Capture", "capture", "edit_residual", "edit_weight", "keep_rows", "scale", "set_mean", "zero_rows",
     "EditError", "EmptyInputError", "HookPointError", "LayerError", "ProbeError", "UnknownModelError",
     "UnsupportedArchitectureError", "hook_points", "resolve", "LoadedModel", "available_models", "load_model",
-    "Full", "MaxMedian", "Moments", "Reservoir", "TopK",
+    "DimMax", "Exceed", "Full", "MaxMedian", "Moments", "Reservoir", "TopK",
 ]

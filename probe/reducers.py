@@ -342,3 +342,78 @@ class Reservoir(Reducer):
         if not hasattr(self, "_rows"):
             raise ValueError("Reservoir: nothing was captured")
         return SampleResult(self._rows, self._tokens, self._seq, self._pos)
+
+
+@dataclass
+class DimMaxResult:
+    """Per last-axis index ``d``: ``values[d]`` = the signed entry with the largest ``|x[..., d]|``,
+    at global sequence ``batch[d]`` and ``position[d]``."""
+
+    values: torch.Tensor
+    batch: torch.Tensor
+    position: torch.Tensor
+
+    @property
+    def abs(self) -> torch.Tensor:
+        return self.values.abs()
+
+
+class DimMax(Reducer):
+    """Running max of ``|x|`` per dim (last axis) over all tokens, with where it occurred."""
+
+    name = "dimmax"
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        rows, seq, pos = _token_vectors(x.detach(), batch)
+        if rows.shape[0] == 0:
+            return
+        best = rows.abs().argmax(0)
+        dims = torch.arange(rows.shape[1], device=rows.device)
+        vals = rows[best, dims].float().cpu()
+        best = best.cpu()
+        seq_b, pos_b = seq[best], pos[best]
+        if hasattr(self, "_values"):
+            better = vals.abs() > self._values.abs()
+            vals = torch.where(better, vals, self._values)
+            seq_b = torch.where(better, seq_b, self._seq)
+            pos_b = torch.where(better, pos_b, self._pos)
+        self._values, self._seq, self._pos = vals, seq_b, pos_b
+
+    def result(self) -> DimMaxResult:
+        if not hasattr(self, "_values"):
+            raise ValueError("DimMax: nothing was captured")
+        return DimMaxResult(self._values, self._seq, self._pos)
+
+
+class Exceed(Reducer):
+    """Every entry with ``|x| > threshold`` (at most ``limit``, the largest kept), as a
+    :class:`TopKResult` sorted by ``|value|``."""
+
+    name = "exceed"
+
+    def __init__(self, threshold: float, limit: int = 100_000) -> None:
+        self.threshold = threshold
+        self.limit = limit
+
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        x = x.detach()
+        hit = x.abs() > self.threshold
+        if batch.mask is not None and x.dim() == 3:
+            hit &= batch.mask.to(torch.bool)[..., None].to(hit.device)
+        idx = hit.nonzero().cpu()
+        vals = x[hit].float().cpu()
+        idx[:, 0] += batch.offset
+        tokens = None
+        if batch.tokens is not None and x.dim() == 3:
+            tokens = batch.tokens.cpu()[idx[:, 0] - batch.offset, idx[:, 1]]
+        if hasattr(self, "_values"):
+            vals, idx = torch.cat([self._values, vals]), torch.cat([self._indices, idx])
+            tokens = None if tokens is None or self._tokens is None else torch.cat([self._tokens, tokens])
+        order = vals.abs().argsort(descending=True, stable=True)[: self.limit]
+        self._values, self._indices = vals[order], idx[order]
+        self._tokens = None if tokens is None else tokens[order]
+
+    def result(self) -> TopKResult:
+        if not hasattr(self, "_values"):
+            raise ValueError("Exceed: nothing was captured")
+        return TopKResult(self._values, self._indices, self._tokens)

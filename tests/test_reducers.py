@@ -121,3 +121,28 @@ def test_maxmedian_stride_keeps_exact_max_and_close_median(smol):
         assert res["s7"].max == res["all"].max
         assert abs(res["s7"].median / res["all"].median - 1) < 0.01, name
         assert res["s7"].count < res["all"].count / 6
+
+
+def test_dimmax_matches_brute_force():
+    from probe.reducers import DimMax
+
+    xs, toks = _batches(5)
+    res = _feed(DimMax(), xs, toks)
+    full = torch.cat(xs)
+    flat = full.reshape(-1, full.shape[-1])
+    best = flat.abs().argmax(0)
+    assert torch.equal(res.values, flat[best, torch.arange(flat.shape[1])])
+    assert torch.equal(res.batch * full.shape[1] + res.position, best)
+
+
+def test_exceed_keeps_every_entry_above_threshold():
+    from probe.reducers import Exceed
+
+    xs, toks = _batches(6)
+    res = _feed(Exceed(4.0), xs, toks)
+    full = torch.cat(xs)
+    hit = full.abs() > 4.0
+    assert len(res.values) == int(hit.sum())
+    assert torch.equal(res.values, full[tuple(res.indices.T)])
+    assert torch.equal(res.values.abs(), full[hit].abs().sort(descending=True).values)
+    assert len(_feed(Exceed(4.0, limit=3), xs, toks).values) == 3
