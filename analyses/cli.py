@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -70,6 +71,57 @@ def info(
     out.print("[bold]Hook points[/bold] (l = 0.." + str(summary["n_layers"] - 1) + "):")
     for name in summary["hook_points"]:
         out.print("  " + name)
+
+
+@app.command("scan")
+def scan_cmd(
+    model: str = ModelOpt,
+    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    n_seqs: int = typer.Option(16, "--n-seqs", help="Number of windows scanned."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    k: int = typer.Option(5, "--k", help="Number of massive neurons / weights."),
+    ratio: float = typer.Option(1000.0, "--ratio", help="Massive if |v| > ratio x the layer median ..."),
+    abs_threshold: float = typer.Option(100.0, "--abs", help="... and |v| > this."),
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Find massive activations, their origin layer, the massive weights and the super weight."""
+    from analyses.massive import scan
+
+    from probe.arch import d_ff
+    from probe.errors import ProbeError
+    from probe.models import load_model
+
+    if k < 1:
+        raise ProbeError(f"--k must be at least 1, got {k}")
+    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    if k > d_ff(loaded.model):
+        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(loaded.model)}")
+    with _progress(as_json, "scanning", n_seqs) as advance:
+        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k,
+                      ratio=ratio, abs_threshold=abs_threshold, progress=advance)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    from analyses.massive import render_scan
+
+    render_scan(result, out)
+
+
+@contextmanager
+def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (nothing when ``quiet``); yields ``advance(n)``."""
+    if quiet:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
