@@ -111,6 +111,61 @@ def scan_cmd(
     render_scan(result, out)
 
 
+@app.command("ablate")
+def ablate_cmd(
+    model: str = ModelOpt,
+    mode: str = typer.Option("zero", "--mode", help="zero | retain | random | super | residual-zero | residual-mean."),
+    k: int = typer.Option(5, "--k", help="Number of massive weights (rows) to edit."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated k values, e.g. 1,2,3,5 (overrides --k)."),
+    layer: str = typer.Option("auto", "--layer", help="auto (origin layer), precursor, or a layer index."),
+    seeds: int = typer.Option(3, "--seeds", help="Random controls: number of seeds per k."),
+    corpus: str = typer.Option("stdlib", "--corpus", help="Corpus for the scan and the perplexity."),
+    eval_seqs: int = typer.Option(16, "--eval-seqs", help="Perplexity windows (of --eval-len tokens)."),
+    eval_len: int = typer.Option(256, "--eval-len", help="Tokens per perplexity window."),
+    evals: str = typer.Option("ppl", "--eval", help="What to evaluate: ppl."),
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Ablate massive weights (or controls), re-evaluate, restore: one table row per plan."""
+    from analyses.ablate import make_plans, run_plans
+    from analyses.evaluate import eval_rows
+    from analyses.massive import scan
+
+    from probe.data import load_corpus, token_windows
+    from probe.errors import ProbeError
+    from probe.models import load_model
+
+    if set(evals.split(",")) - {"ppl"}:
+        raise ProbeError(f"--eval {evals!r}: only 'ppl' is available so far")
+    try:
+        ks = [int(v) for v in sweep.split(",")] if sweep else [k]
+    except ValueError:
+        raise ProbeError(f"--sweep must be comma-separated integers, not {sweep!r}") from None
+    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    with _progress(as_json, "scanning", 16) as advance:
+        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance)
+    rows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=128, n_seqs=16)
+    plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds)
+    ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
+    with _progress(as_json, "evaluating", len(plans) + 1) as advance:
+        table = run_plans(loaded.model, ev, plans, progress=advance)
+    table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
+    if as_json:
+        print(json.dumps(table))
+        return
+    rich_table = Table("mode", "layer", "k", "seed", "rows / dims", "ppl", "x baseline",
+                       title=f"Ablations of {model}: baseline ppl {table['baseline']['ppl']:.2f} "
+                             f"({table['baseline']['n_tokens']} tokens of {corpus})")
+    for row in table["results"]:
+        what = row["neurons"] or row["dims"]
+        rich_table.add_row(row["mode"], str(row["layer"]), str(row["k"]), "" if row["seed"] is None else str(row["seed"]),
+                           ", ".join(map(str, what)), f"{row['ppl']:.2f}", f"{row['ratio']:.2f}")
+    out.print(rich_table)
+
+
 @contextmanager
 def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr (nothing when ``quiet``); yields ``advance(n)``."""

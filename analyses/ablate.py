@@ -1,0 +1,145 @@
+"""Ablation plans as data, applied with reversible edits, evaluated, restored.
+
+A :class:`Plan` names one edit (House of Cards, arXiv 2410.01866, §3-4; Sun et al. 2024):
+
+- ``zero``: zero rows ``neurons`` of ``W_up`` and ``W_gate`` (``W_in``) at ``layer``;
+- ``retain``: keep only those rows, zero every other gate/up row of the layer;
+- ``random``: zero ``k`` random rows of the same layer (seeded, never a massive neuron);
+- ``super``: zero the single weight ``W_down[dim, neuron]``;
+- ``residual-zero`` / ``residual-mean``: set the residual stream at the massive (position, dim)
+  after ``layer`` to zero / to the mean of the massive values seen in the scan.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from analyses.evaluate import perplexity
+from analyses.massive import MassiveScan
+from probe.arch import arch_for, d_ff
+from probe.capture import capture
+from probe.edit import edit_residual, keep_rows, zero_rows
+from probe.errors import ProbeError
+from probe.reducers import Full
+
+MODES = ("zero", "retain", "random", "super", "residual-zero", "residual-mean")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One ablation: ``mode`` at ``layer`` on ``neurons`` (FFN rows) or residual ``dims`` at ``positions``."""
+
+    mode: str
+    layer: int
+    k: int
+    neurons: tuple[int, ...] = ()
+    dims: tuple[int, ...] = ()
+    positions: tuple[int, ...] = ()
+    value: float = 0.0
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def applied(model: nn.Module, plan: Plan) -> Iterator[None]:
+    """The model with ``plan`` applied; restored bit-exactly on exit."""
+    arch = arch_for(model)
+    names = ["W_up", "W_gate"] if arch.gated else ["W_in"]
+    with ExitStack() as stack:
+        target = lambda n: f"blocks.{plan.layer}.mlp.{n}"  # noqa: E731
+        if plan.mode in ("zero", "random"):
+            for n in names:
+                stack.enter_context(zero_rows(model, target(n), list(plan.neurons)))
+        elif plan.mode == "retain":
+            for n in names:
+                stack.enter_context(keep_rows(model, target(n), list(plan.neurons)))
+        elif plan.mode == "super":
+            stack.enter_context(zero_rows(model, target("W_down"), list(plan.dims), cols=list(plan.neurons)))
+        elif plan.mode in ("residual-zero", "residual-mean"):
+            stack.enter_context(edit_residual(model, f"blocks.{plan.layer}.hook_resid_post", list(plan.positions),
+                                              list(plan.dims), plan.value))
+        else:
+            raise ProbeError(f"unknown ablation mode {plan.mode!r}; choose one of {', '.join(MODES)}")
+        yield
+
+
+def neurons_at(model: nn.Module, rows: torch.Tensor, layer: int, batch: int, position: int, k: int) -> list[int]:
+    """The ``k`` intermediate dims with the largest ``|value|`` at ``layer`` for one token."""
+    with capture(model, f"blocks.{layer}.mlp.hook_post", reduce=Full()) as cap:
+        cap.run(rows[batch : batch + 1, : position + 1])
+    return cap[f"blocks.{layer}.mlp.hook_post"][0, position].abs().topk(k).indices.tolist()
+
+
+def resolve_layer(result: MassiveScan, layer: str | int) -> int:
+    """``auto`` = the origin layer, ``precursor`` = the precursor layer of the top massive dim, or an index."""
+    if result.origin_layer is None:
+        raise ProbeError("the scan found no massive activations; pass thresholds with --ratio/--abs or an explicit --layer")
+    if layer == "auto":
+        return result.origin_layer
+    if layer == "precursor":
+        return result.precursors[0]["layer"]
+    try:
+        index = int(layer)
+    except ValueError:
+        raise ProbeError(f"--layer must be auto, precursor or an integer, not {layer!r}") from None
+    if not 0 <= index < len(result.layers):
+        raise ProbeError(f"layer {index} is out of range: the model has {len(result.layers)} layers (0..{len(result.layers) - 1})")
+    return index
+
+
+def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: str, ks: list[int],
+               layer: str | int = "auto", seeds: int = 3) -> list[Plan]:
+    """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed)."""
+    if mode not in MODES:
+        raise ProbeError(f"unknown ablation mode {mode!r}; choose one of {', '.join(MODES)}")
+    l = resolve_layer(result, layer)
+    width = d_ff(model)
+    for k in ks:
+        if not 1 <= k <= width:
+            raise ProbeError(f"k={k} is out of range 1..{width}")
+    carrier = result.massive_tokens[0]
+    entry = next(e for e in result.layers[result.origin_layer].massive
+                 if (e["position"], e["token"]) == (carrier["position"], carrier["token"]))
+    kmax = max(ks)
+    top = list(result.massive_neurons) if l == result.origin_layer and kmax <= len(result.massive_neurons) else \
+        neurons_at(model, rows, l, entry["batch"], entry["position"], kmax)
+    plans: list[Plan] = []
+    for k in ks:
+        if mode in ("zero", "retain"):
+            plans.append(Plan(mode, l, k, tuple(top[:k])))
+        elif mode == "random":
+            pool = [n for n in range(width) if n not in set(top[:k])]
+            plans += [Plan(mode, l, k, tuple(sorted(_random.Random(seed).sample(pool, k))), seed=seed) for seed in range(seeds)]
+    if mode == "super":
+        plans.append(Plan(mode, l, 1, (top[0],), dims=(result.massive_dims[0],)))
+    elif mode.startswith("residual"):
+        values = [e["value"] for e in result.layers[l].massive
+                  if e["position"] == carrier["position"] and e["dim"] == result.massive_dims[0]] or [0.0]
+        value = 0.0 if mode == "residual-zero" else sum(values) / len(values)
+        plans.append(Plan(mode, l, 1, dims=(result.massive_dims[0],), positions=(carrier["position"],), value=value))
+    return plans
+
+
+def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan],
+              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Baseline perplexity, then each plan applied, evaluated and restored: a tidy table."""
+    baseline = perplexity(model, eval_rows)
+    if progress:
+        progress(1)
+    results = []
+    for plan in plans:
+        with applied(model, plan):
+            ppl = perplexity(model, eval_rows)
+        results.append({**plan.to_dict(), "metric": "ppl", "ppl": ppl.ppl, "value": ppl.ppl,
+                        "baseline": baseline.ppl, "ratio": ppl.ppl / baseline.ppl})
+        if progress:
+            progress(1)
+    return {"baseline": baseline.to_dict(), "results": results}
