@@ -108,8 +108,18 @@ def nnsight_save(nn_model: Any, ids: torch.Tensor, n_layers: int) -> list[torch.
     return [s[0] if isinstance(s, tuple) else s for s in saved]
 
 
-def build_variants(ctx: dict[str, Any], extras: bool) -> dict[str, Callable[[], Any]]:
+def build_variants(ctx: dict[str, Any], extras: bool, ablation: bool = False) -> dict[str, Callable[[], Any]]:
     from probe.capture import capture
+    from probe.reducers import MaxMedian, Reducer, TopK
+
+    class NoOp(Reducer):
+        name = "noop"
+
+        def update(self, x: torch.Tensor, batch: Any) -> None:
+            pass
+
+        def result(self) -> None:
+            return None
 
     ids, names = ctx["ids"], set(ctx["names"])
     variants: dict[str, Callable[[], Any]] = {}
@@ -125,8 +135,23 @@ def build_variants(ctx: dict[str, Any], extras: bool) -> dict[str, Callable[[], 
                 cap.run(ids)
             return cap
 
+        def ours_torch_stride() -> Any:
+            with capture(model, POINTS, reduce={"topk": TopK(5), "maxmedian": MaxMedian(stride=7)}, backend="torch") as cap:
+                cap.run(ids)
+            return cap
+
         variants["plain"] = plain
         variants["ours-torch"] = ours_torch
+        variants["ours-torch, MaxMedian(stride=7)"] = ours_torch_stride
+        if ablation:
+            for label, make in (("no-op reducer", NoOp), ("TopK(5) only", lambda: TopK(5)),
+                                ("MaxMedian only", MaxMedian)):
+                def ablated(make: Callable[[], Any] = make) -> Any:
+                    with capture(model, POINTS, reduce=make(), backend="torch") as cap:
+                        cap.run(ids)
+                    return cap
+
+                variants[f"ours-torch: {label} (ablation)"] = ablated
 
     if "nn_model" in ctx:
         nn_model = ctx["nn_model"]
@@ -165,7 +190,7 @@ def build_variants(ctx: dict[str, Any], extras: bool) -> dict[str, Callable[[], 
         def bridge_forward() -> None:
             bridge(ids)
 
-        variants["TL bridge forward, no hooks (extra)"] = bridge_forward
+        variants["TL bridge forward without hooks (extra)"] = bridge_forward
     if extras and "nn_model" in ctx:
         wrapped_hf = ctx["nn_model"]._module
 
@@ -246,7 +271,7 @@ def mem_worker(variant: str, batch: int, seq: int) -> None:
         del model, lm
     else:
         ctx["model"] = model
-    fn = build_variants(ctx, extras=True)[variant]
+    fn = build_variants(ctx, extras=True, ablation=True)[variant]
     with torch.no_grad():
         fn()  # warm-up; result dropped
         gc.collect()
@@ -270,7 +295,8 @@ def mem_worker(variant: str, batch: int, seq: int) -> None:
 
 def run_mem_worker(variant: str, batch: int, seq: int) -> dict[str, Any]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-worker", variant, "--batch", str(batch), "--seq", str(seq)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-worker", variant, "--batch", str(batch), "--seq", str(seq),
+           "--threads", str(torch.get_num_threads())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith(MEM_MARK):
@@ -341,51 +367,69 @@ def profile_reducers(model: torch.nn.Module, ids: torch.Tensor, reps: int) -> di
 
     out: dict[str, Any] = {"layer": mid, "reps": reps, "shapes": {}}
     batch = Batch(ids, 0, None)
+    k = 5
     with torch.no_grad():
         for key, x in grabbed.items():
-            topk, mm = TopK(5), MaxMedian()
-            rows = x.reshape(-1, x.shape[-1])
+            topk, mm = TopK(k), MaxMedian()
             a = x.abs()
+            rows = a.reshape(-1, a.shape[-1])
+            rowmax = rows.amax(-1)
+            best = rowmax.topk(k).indices
+            top, flat = rows[best].reshape(-1).topk(k)
+            row, col = best[flat // rows.shape[-1]], flat % rows.shape[-1]
+
+            def topk_indices() -> Any:  # TopK.update after the search: indices, values, tokens
+                idx = torch.stack(torch.unravel_index(row, a.shape[:-1]) + (col,), dim=1).cpu()
+                vals = x.reshape(-1, x.shape[-1])[row, col].float().cpu()
+                keep = top.cpu() >= 0
+                idx, vals = idx[keep], vals[keep]
+                idx[:, 0] += 0
+                return vals, idx, ids.cpu()[idx[:, 0], idx[:, 1]]
+
+            vals, idx, toks = topk_indices()
+            bits = a.reshape(-1).view(torch.int32) >> 16
             r: dict[str, float] = {
                 "TopK.update": _median_time(lambda: topk.update(x, batch), reps),
-                "MaxMedian.update": _median_time(lambda: mm.update(x, batch), reps),
-                # steps of TopK.update
                 "  topk: x.abs()": _median_time(lambda: x.abs(), reps),
-                "  topk: rows.amax(-1) on |x|": _median_time(lambda: a.reshape(-1, a.shape[-1]).amax(-1), reps),
-                "  topk: rest (row topk, k-row search, indices, merge)": 0.0,
-                # steps of MaxMedian.update
+                "  topk: rows.amax(-1)": _median_time(lambda: rows.amax(-1), reps),
+                "  topk: topk of row maxima + search of k rows": _median_time(
+                    lambda: rows[rowmax.topk(k).indices].reshape(-1).topk(k), reps),
+                "  topk: unravel/stack/gather/.cpu()/tokens": _median_time(topk_indices, reps),
+                "  topk: _merge (cat + topk + gathers)": _median_time(lambda: topk._merge(vals, idx, toks), reps),
+                "MaxMedian.update": _median_time(lambda: mm.update(x, batch), reps),
                 "  maxmedian: x.abs().float()": _median_time(lambda: x.abs().float(), reps),
                 "  maxmedian: view(int32) >> 16": _median_time(lambda: a.reshape(-1).view(torch.int32) >> 16, reps),
                 "  maxmedian: bincount(minlength=32768)": _median_time(
-                    lambda b=(a.reshape(-1).view(torch.int32) >> 16): torch.bincount(b, minlength=_BINS), reps),
-                "  maxmedian: a.max()": _median_time(lambda: float(a.max()), reps),
+                    lambda: torch.bincount(bits, minlength=_BINS), reps),
+                "  maxmedian: float(a.max())": _median_time(lambda: float(a.max()), reps),
+                "  maxmedian: hist += (int64, 4097)": _median_time(lambda: mm._hist.add_(0), reps),
             }
-            r["  topk: rest (row topk, k-row search, indices, merge)"] = max(
-                r["TopK.update"] - r["  topk: x.abs()"] - r["  topk: rows.amax(-1) on |x|"], 0.0)
 
-            # alternatives (same results)
-            def topk_rowmax_aminmax() -> torch.Tensor:
-                lo, hi = torch.aminmax(rows, dim=-1)
-                return torch.maximum(hi, -lo)
-
+            # alternatives with identical results
             def maxmedian_bits() -> tuple[torch.Tensor, int]:
-                bits = x.reshape(-1).view(torch.int32) & 0x7FFFFFFF  # |x| as int32, ordered like |x|
-                top = int(bits.max())
-                return torch.bincount(bits >> 16, minlength=_BINS), top
+                b = x.reshape(-1).view(torch.int32) & 0x7FFFFFFF  # |x| as int32, ordered like |x|
+                return torch.bincount(b >> 16, minlength=_BINS), int(b.max())
 
-            r["alt: row max|x| via aminmax (no |x| copy)"] = _median_time(topk_rowmax_aminmax, reps)
-            r["alt: MaxMedian on sign-cleared int32 bits (1 pass + bincount)"] = _median_time(maxmedian_bits, reps)
-            ref_hist = torch.bincount(a.reshape(-1).view(torch.int32) >> 16, minlength=_BINS)
+            xb = x.to(torch.bfloat16)
+
+            def bf16_current() -> torch.Tensor:
+                return torch.bincount(xb.abs().float().reshape(-1).view(torch.int32) >> 16, minlength=_BINS)
+
+            def bf16_bits() -> torch.Tensor:  # a bf16 value is the top 16 bits of its float32
+                return torch.bincount((xb.reshape(-1).view(torch.int16) & 0x7FFF).to(torch.int32), minlength=_BINS)
+
+            r["alt: MaxMedian from sign-cleared int32 bits (no abs/float/max passes)"] = _median_time(maxmedian_bits, reps)
+            r["bf16 input: current histogram path"] = _median_time(bf16_current, reps)
+            r["alt: bf16 input, bin = bf16 bits & 0x7FFF"] = _median_time(bf16_bits, reps)
             alt_hist, alt_top = maxmedian_bits()
             alt_max = torch.tensor([alt_top], dtype=torch.int32).view(torch.float32).item()
-            r_rows = a.reshape(-1, a.shape[-1]).amax(-1)
             out["shapes"][key] = {
                 "shape": list(x.shape),
                 "seconds": r,
                 "alt_checks": {
-                    "bits histogram equal": bool(torch.equal(ref_hist, alt_hist)),
+                    "bits histogram equal": bool(torch.equal(torch.bincount(bits, minlength=_BINS), alt_hist)),
                     "bits max equal": alt_max == float(a.max()),
-                    "aminmax row max equal": bool(torch.equal(r_rows, topk_rowmax_aminmax())),
+                    "bf16 bits histogram equal": bool(torch.equal(bf16_current(), bf16_bits())),
                 },
             }
     return out
@@ -434,6 +478,18 @@ def mib(n: float | None) -> str:
     return f"{n / (1 << 20):.1f} MiB" if abs(n) >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
 
+def cpu_jiffies() -> tuple[int, int, int]:
+    """(busy, idle, steal) jiffies of the whole machine from /proc/stat (zeros where unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]) - idle - steal, idle, steal
+
+
 def loadavg() -> str:
     try:
         return " ".join(open("/proc/loadavg").read().split()[:3])
@@ -458,11 +514,19 @@ def main() -> None:
                         help="skip the two reference rows (bridge forward without hooks, plain forward "
                              "of the nnsight-wrapped instance)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--ablation", action="store_true",
+                        help="add ours-torch rows with a no-op reducer, TopK only and MaxMedian only")
+    parser.add_argument("--variants",
+                        help="comma-separated subset of rows to run, e.g. 'plain,ours-torch' (plain is always run)")
     parser.add_argument("--first-load", action="store_true",
                         help="also time a first load (GGUF parse) in a subprocess with a temporary PROBE_CACHE")
     parser.add_argument("--profile-reps", type=int, default=15, help="repetitions per reducer micro-benchmark")
+    parser.add_argument("--threads", type=int,
+                        help="torch.set_num_threads for this run and its subprocesses (default: torch's default)")
     parser.add_argument("--mem-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.mem_worker:
         mem_worker(args.mem_worker, args.batch, args.seq)
@@ -516,10 +580,17 @@ def main() -> None:
                                "nnsight rows use a second load_model instance; the plain model stays untouched."}
 
     ctx = {"model": model, "bridge": bridge, "nn_model": nn_model, "ids": ids, "names": names, "n_layers": n_layers}
-    variants = build_variants(ctx, extras=not args.no_extras)
+    variants = build_variants(ctx, extras=not args.no_extras, ablation=args.ablation)
+    if args.variants:
+        wanted = {"plain", *(v.strip() for v in args.variants.split(","))}
+        unknown = wanted - set(variants)
+        if unknown:
+            raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(variants)}")
+        variants = {k: v for k, v in variants.items() if k in wanted}
 
     # --- timing --------------------------------------------------------------------------
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_times: dict[str, list[float]] = {name: [] for name in variants}
     held: dict[str, int] = {}
     ours_points: dict[str, dict[str, int]] = {}
     with torch.no_grad():
@@ -535,22 +606,37 @@ def main() -> None:
                 assert len(result) == len(names)
             del result
             gc.collect()
+        jiffies0, own0, wall0 = cpu_jiffies(), os.times(), time.perf_counter()
         for r in range(args.rounds):
             for name, fn in variants.items():
+                c = time.process_time()
                 t = time.perf_counter()
                 result = fn()
                 times[name].append(time.perf_counter() - t)
+                cpu_times[name].append(time.process_time() - c)
                 del result
             gc.collect()
             log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n}={times[n][-1]:.2f}s" for n in variants))
 
+    # Noise: CPU time the rest of the machine used while we timed, and time stolen by the host.
+    jiffies1, own1, wall1 = cpu_jiffies(), os.times(), time.perf_counter()
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy_s = (jiffies1[0] - jiffies0[0]) / hz
+    own_s = (own1.user + own1.system) - (own0.user + own0.system)
+    info["noise"] = {"timing_wall_s": wall1 - wall0, "machine_busy_cpu_s": busy_s, "own_cpu_s": own_s,
+                     "other_processes_cpu_s": max(busy_s - own_s, 0.0),
+                     "steal_s": (jiffies1[2] - jiffies0[2]) / hz}
+
     plain_med = statistics.median(times["plain"])
+    plain_cpu = statistics.median(cpu_times["plain"])
     rows: dict[str, dict[str, Any]] = {}
     for name in variants:
         med = statistics.median(times[name])
         paired = [v / p for v, p in zip(times[name], times["plain"])]
         rows[name] = {"median_s": med, "ratio": med / plain_med, "paired_ratio_median": statistics.median(paired),
-                      "min_s": min(times[name]), "max_s": max(times[name]), "times_s": times[name],
+                      "min_s": min(times[name]), "max_s": max(times[name]), "min_ratio": min(times[name]) / min(times["plain"]),
+                      "times_s": times[name], "cpu_median_s": statistics.median(cpu_times[name]),
+                      "cpu_ratio": statistics.median(cpu_times[name]) / plain_cpu, "cpu_times_s": cpu_times[name],
                       "bytes_held": held[name]}
 
     # --- memory --------------------------------------------------------------------------
@@ -568,7 +654,7 @@ def main() -> None:
     tokens_8b = L3_BATCH * L3_SEQ
     full_post = L3_LAYERS * tokens_8b * L3_D_FF * L3_BYTES
     full_resid = L3_LAYERS * tokens_8b * L3_D_MODEL * L3_BYTES
-    pts = ours_points.get("ours-torch", {})
+    pts = ours_points.get("ours-torch") or next(iter(ours_points.values()), {})
     post_pt = statistics.mean(v for k, v in pts.items() if k.endswith("mlp.hook_post")) if pts else 0
     resid_pt = statistics.mean(v for k, v in pts.items() if k.endswith("hook_resid_post")) if pts else 0
     ours_8b = L3_LAYERS * (post_pt + resid_pt)
@@ -580,7 +666,7 @@ def main() -> None:
         "ours_bytes_per_point": {"mlp.hook_post": post_pt, "hook_resid_post": resid_pt},
         "ratio": ours_8b / (full_post + full_resid),
         "note": "ours: TopK(5) keeps 5 float32 values, 5x3 int64 indices and 5 int64 tokens; MaxMedian a "
-                "32768-bin int64 histogram (256 KiB); neither depends on d_model, d_ff or token count.",
+                "4097-bin int64 histogram (32 KiB); neither depends on d_model, d_ff or token count.",
     }
 
     # --- report --------------------------------------------------------------------------
@@ -596,7 +682,7 @@ def main() -> None:
         f"- model: SmolLM2-135M-Instruct, {n_layers} layers, d_model {info['model']['d_model']}, "
         f"d_ff {info['model']['d_ff']}, {info['model']['dtype']}, CPU; input {args.batch} x {args.seq} tokens "
         "of pydoc_data.topics",
-        f"- hook points: {len(names)} ({', '.join(POINTS)}); reducers TopK(5) + MaxMedian()",
+        f"- hook points: {len(names)} ({', '.join(POINTS)}); reducers TopK(5) + MaxMedian() (MaxMedian(stride=7) in its own row)",
     ]
     cold = load["cold_cached"]
     lines.append(f"- load_model('smollm2') in this process: {load['in_process_s']:.2f} s ({'; '.join(lm.notes)})")
@@ -630,12 +716,19 @@ def main() -> None:
     if ours_b and tl_b:
         lines.append("")
         lines.append(f"Bytes held, ours / TL run_with_cache: {ours_b} / {tl_b} = {ours_b / tl_b:.4f} "
-                     f"({tl_b / ours_b:.1f}x less); the histograms (32768 x int64 per point) are "
-                     f"{len(names) * 32768 * 8 / ours_b:.1%} of ours.")
-    lines += ["", "Per-round seconds (and per-round ratio to that round's plain run):", ""]
+                     f"(TL holds {tl_b / ours_b:.1f}x as many bytes); the histograms (4097 x int64 per point) are "
+                     f"{len(names) * 4097 * 8 / ours_b:.1%} of ours.")
+    noise = info["noise"]
+    lines += ["", "Per-round wall seconds; other estimators of the ratio to plain: the median of per-round ratios "
+              "(paired), min / plain min, and the median process CPU time (both threads; not counting time "
+              "the process waited for a CPU):", ""]
     for name, row in rows.items():
         lines.append(f"- {name}: " + ", ".join(f"{t:.2f}" for t in row["times_s"])
-                     + f" (paired ratio median {row['paired_ratio_median']:.3f}x, min {row['min_s']:.2f}, max {row['max_s']:.2f})")
+                     + f" | paired {row['paired_ratio_median']:.3f}x, min {row['min_s']:.2f} s ({row['min_ratio']:.3f}x),"
+                     f" CPU {row['cpu_median_s']:.2f} s ({row['cpu_ratio']:.3f}x)")
+    lines += ["", f"Noise during the timed rounds ({noise['timing_wall_s']:.0f} s wall): this process used "
+              f"{noise['own_cpu_s']:.0f} CPU s, other processes {noise['other_processes_cpu_s']:.0f} CPU s, "
+              f"host steal {noise['steal_s']:.0f} s (of {noise['timing_wall_s'] * (os.cpu_count() or 1):.0f} CPU s available)."]
     if not args.no_memory:
         lines += ["", "Memory details (subprocess per variant):", "",
                   "| variant | RSS before | peak delta | held delta after pass |", "|---|---:|---:|---:|"]
@@ -668,16 +761,21 @@ def main() -> None:
         lines.append(f"| {step} | " + " | ".join(f"{profile['shapes'][k]['seconds'][step] * 1e3:.2f}" for k in keys) + " |")
     per_fwd = sum(n_layers * (s["seconds"]["TopK.update"] + s["seconds"]["MaxMedian.update"])
                   for s in profile["shapes"].values())
-    per_fwd_alt = sum(n_layers * (s["seconds"]["alt: row max|x| via aminmax (no |x| copy)"]
-                                  + s["seconds"]["alt: MaxMedian on sign-cleared int32 bits (1 pass + bincount)"])
+    per_fwd_topk = sum(n_layers * s["seconds"]["TopK.update"] for s in profile["shapes"].values())
+    per_fwd_bincount = sum(n_layers * s["seconds"]["  maxmedian: bincount(minlength=32768)"]
+                           for s in profile["shapes"].values())
+    per_fwd_alt = sum(n_layers * (s["seconds"]["TopK.update"]
+                                  + s["seconds"]["alt: MaxMedian from sign-cleared int32 bits (no abs/float/max passes)"])
                       for s in profile["shapes"].values())
     lines += [
         "",
         f"- reducers' sum per forward ({n_layers} layers x both points): {per_fwd:.3f} s = "
         f"{per_fwd / plain_med:.1%} of the plain median; measured ours-torch - plain: "
-        f"{rows['ours-torch']['median_s'] - plain_med:+.3f} s",
-        f"- alternative checks: " + "; ".join(f"{k}: {v['alt_checks']}" for k, v in profile["shapes"].items()),
-        f"- (alternatives' core cost per forward, not counting the k-row search: {per_fwd_alt:.3f} s)",
+        + (f"{rows['ours-torch']['median_s'] - plain_med:+.3f} s" if "ours-torch" in rows else "not run"),
+        f"- of which TopK {per_fwd_topk:.3f} s, MaxMedian {per_fwd - per_fwd_topk:.3f} s "
+        f"(bincount alone {per_fwd_bincount:.3f} s)",
+        f"- with MaxMedian on sign-cleared bits: {per_fwd_alt:.3f} s per forward",
+        "- alternative checks: " + "; ".join(f"{k}: {v['alt_checks']}" for k, v in profile["shapes"].items()),
     ]
     report = "\n".join(lines)
     print(report)

@@ -131,23 +131,24 @@ class TopK(Reducer):
         x = x.detach()
         a = x.abs()
         if batch.mask is not None:
-            a = a.masked_fill(~batch.mask.to(torch.bool).reshape(*batch.mask.shape, *[1] * (x.dim() - 2)), -1.0)
-        rows = a.reshape(-1, a.shape[-1])
-        k_rows = min(self.k, rows.shape[0])
-        best_rows = rows.amax(-1).topk(k_rows).indices
-        cand = rows[best_rows]
-        k = min(self.k, cand.numel())
-        top, flat = cand.reshape(-1).topk(k)
-        row = best_rows[flat // rows.shape[-1]]
-        col = flat % rows.shape[-1]
-        idx = torch.stack(torch.unravel_index(row, a.shape[:-1]) + (col,), dim=1).cpu()
-        vals = x.reshape(-1, x.shape[-1])[row, col].float().cpu()
-        keep = top.cpu() >= 0  # masked entries never count
-        idx, vals = idx[keep], vals[keep]
-        idx[:, 0] += batch.offset
+            mask = batch.mask.to(device=a.device, dtype=torch.bool)
+            a = a.masked_fill(~mask.reshape(*mask.shape, *[1] * (x.dim() - 2)), -1.0)
+        width = a.shape[-1]
+        rows = a.reshape(-1, width)
+        best_rows = rows.amax(-1).topk(min(self.k, rows.shape[0])).indices
+        top, flat = rows[best_rows].reshape(-1).topk(min(self.k, best_rows.numel() * width))
+        row, col = best_rows[flat // width], flat % width
+        if batch.mask is not None:  # masked entries never count
+            row, col = row[top >= 0], col[top >= 0]
+        vals = x.reshape(-1, width)[row, col].float()
+        if x.dim() == 3:
+            idx = torch.stack([row // x.shape[1], row % x.shape[1], col], dim=1)
+        else:
+            idx = torch.stack(torch.unravel_index(row, a.shape[:-1]) + (col,), dim=1)
         tokens = None
         if batch.tokens is not None and x.dim() == 3:
-            tokens = batch.tokens.cpu()[idx[:, 0] - batch.offset, idx[:, 1]]
+            tokens = batch.tokens.reshape(-1).to(row.device)[row]
+        idx[:, 0] += batch.offset
         self._merge(vals, idx, tokens)
 
     def _merge(self, vals: torch.Tensor, idx: torch.Tensor, tokens: torch.Tensor | None) -> None:
@@ -165,22 +166,26 @@ class TopK(Reducer):
     def result(self) -> TopKResult:
         if not hasattr(self, "_values"):
             raise ValueError("TopK: nothing was captured")
-        return TopKResult(self._values, self._indices, self._tokens)
+        tokens = None if self._tokens is None else self._tokens.cpu()
+        return TopKResult(self._values.cpu(), self._indices.cpu(), tokens)
 
 
-# Non-negative float32 values ordered by their top 16 bits: 1 exponent byte + 7 mantissa bits.
+# Non-negative float32 values ordered by their top 16 bits (exponent byte + 7 mantissa bits),
+# kept for |x| in [2**-16, 2**16): bin 0 counts exact zeros, then 32 octaves x 128 bins; smaller
+# or larger non-zero values go to the first or last of those (the max is tracked exactly anyway).
 _BINS = 1 << 15
+_LO, _HI = (127 - 16) << 7, (127 + 16) << 7
 
 
 @dataclass
 class MaxMedianResult:
     """Exact ``max`` of ``|x|``, and its ``median`` from a log-spaced histogram (relative error
-    below 0.8%: each bin spans a factor ``1 + 2**-7``)."""
+    below 0.8% for medians in ``[2**-16, 2**16)``: each bin spans a factor ``1 + 2**-7``)."""
 
     max: float
     median: float
     count: int
-    histogram: torch.Tensor = field(repr=False)
+    histogram: torch.Tensor = field(repr=False)  # 4097 int64 counts: zeros, then bins of [2**-16, 2**16)
 
     def quantile(self, q: float) -> float:
         return _hist_quantile(self.histogram, q)
@@ -202,8 +207,10 @@ def _hist_quantile(hist: torch.Tensor, q: float) -> float:
     b = int(torch.searchsorted(cum, torch.tensor(target, dtype=cum.dtype), right=True))
     before = int(cum[b - 1]) if b > 0 else 0
     frac = (target - before + 0.5) / max(int(hist[b]), 1)
-    lo = torch.tensor([b << 16], dtype=torch.int32).view(torch.float32).item()
-    hi = torch.tensor([(b + 1) << 16], dtype=torch.int32).view(torch.float32).item()
+    if b == 0:
+        return 0.0
+    lo = torch.tensor([(b - 1 + _LO) << 16], dtype=torch.int32).view(torch.float32).item()
+    hi = torch.tensor([(b + _LO) << 16], dtype=torch.int32).view(torch.float32).item()
     return lo + min(max(frac, 0.0), 1.0) * (hi - lo)
 
 
@@ -234,18 +241,22 @@ class MaxMedian(Reducer):
         while stride > 1 and math.gcd(stride, a.shape[-1]) != 1:
             stride += 1
         bits = (flat[::stride] if stride > 1 else flat).view(torch.int32) >> 16
-        hist = torch.bincount(bits, minlength=_BINS).cpu()
-        top = float(flat.max()) if flat.numel() else 0.0
+        full = torch.bincount(bits, minlength=_BINS)  # stays on the model's device until result()
+        hist = torch.cat([full[:1], full[_LO:_HI]])
+        hist[1] += full[1:_LO].sum()
+        hist[-1] += full[_HI:].sum()
+        top = flat.max() if flat.numel() else flat.new_zeros(())
         if hasattr(self, "_hist"):
             self._hist += hist
-            self._max = max(self._max, top)
+            self._max = torch.maximum(self._max, top)
         else:
             self._hist, self._max = hist, top
 
     def result(self) -> MaxMedianResult:
         if not hasattr(self, "_hist"):
             raise ValueError("MaxMedian: nothing was captured")
-        return MaxMedianResult(self._max, _hist_quantile(self._hist, 0.5), int(self._hist.sum()), self._hist)
+        hist = self._hist.cpu()
+        return MaxMedianResult(float(self._max), _hist_quantile(hist, 0.5), int(hist.sum()), hist)
 
 
 @dataclass

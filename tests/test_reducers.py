@@ -146,3 +146,12 @@ def test_exceed_keeps_every_entry_above_threshold():
     assert torch.equal(res.values, full[tuple(res.indices.T)])
     assert torch.equal(res.values.abs(), full[hit].abs().sort(descending=True).values)
     assert len(_feed(Exceed(4.0, limit=3), xs, toks).values) == 3
+
+
+def test_maxmedian_zeros_and_out_of_range_values():
+    x = torch.zeros(1, 10, 10)
+    x[0, :4] = 3.0
+    x[0, 9, 9] = 1e9  # beyond 2**16: counted in the last bin, max still exact
+    res = _feed(MaxMedian(), [x], [torch.zeros(1, 10, dtype=torch.long)])
+    assert res.median == 0.0 and res.max == 1e9 and res.count == 100
+    assert abs(res.quantile(0.8) / 3.0 - 1) < 0.008  # 59 zeros, 40 threes, one huge value
