@@ -128,18 +128,29 @@ def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: 
     return plans
 
 
-def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan],
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Baseline perplexity, then each plan applied, evaluated and restored: a tidy table."""
-    baseline = perplexity(model, eval_rows)
+def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
+              tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
+    through lm-eval when given) and restored: a tidy table, one row per plan."""
+    from analyses.tasks import zero_shot
+
+    def evaluate() -> dict[str, Any]:
+        row: dict[str, Any] = {"ppl": perplexity(model, eval_rows).ppl}
+        if tasks:
+            row["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
+        return row
+
+    baseline = {**perplexity(model, eval_rows).to_dict()}
+    if tasks:
+        baseline["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
     if progress:
         progress(1)
     results = []
     for plan in plans:
         with applied(model, plan):
-            ppl = perplexity(model, eval_rows)
-        results.append({**plan.to_dict(), "metric": "ppl", "ppl": ppl.ppl, "value": ppl.ppl,
-                        "baseline": baseline.ppl, "ratio": ppl.ppl / baseline.ppl})
+            row = evaluate()
+        results.append({**plan.to_dict(), "metric": "ppl", "value": row["ppl"], "baseline": baseline["ppl"],
+                        "ratio": row["ppl"] / baseline["ppl"], **row})
         if progress:
             progress(1)
-    return {"baseline": baseline.to_dict(), "results": results}
+    return {"baseline": baseline, "results": results}

@@ -122,7 +122,11 @@ def ablate_cmd(
     corpus: str = typer.Option("stdlib", "--corpus", help="Corpus for the scan and the perplexity."),
     eval_seqs: int = typer.Option(16, "--eval-seqs", help="Perplexity windows (of --eval-len tokens)."),
     eval_len: int = typer.Option(256, "--eval-len", help="Tokens per perplexity window."),
-    evals: str = typer.Option("ppl", "--eval", help="What to evaluate: ppl."),
+    evals: str = typer.Option("ppl", "--eval", help="ppl, tasks, or ppl,tasks."),
+    tasks: str = typer.Option("probe_pydoc_topics,probe_builtins", "--tasks",
+                              help="lm-eval tasks for --eval tasks (offline: probe_pydoc_topics, probe_builtins; "
+                                   "arc_easy, arc_challenge, boolq, piqa, winogrande when their data is reachable)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (default: all)."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     download: bool = DownloadOpt,
@@ -138,8 +142,9 @@ def ablate_cmd(
     from probe.errors import ProbeError
     from probe.models import load_model
 
-    if set(evals.split(",")) - {"ppl"}:
-        raise ProbeError(f"--eval {evals!r}: only 'ppl' is available so far")
+    if set(evals.split(",")) - {"ppl", "tasks"}:
+        raise ProbeError(f"--eval {evals!r}: choose ppl, tasks or ppl,tasks")
+    task_list = [t for t in tasks.split(",") if t] if "tasks" in evals.split(",") else None
     try:
         ks = [int(v) for v in sweep.split(",")] if sweep else [k]
     except ValueError:
@@ -151,18 +156,23 @@ def ablate_cmd(
     plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds)
     ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
     with _progress(as_json, "evaluating", len(plans) + 1) as advance:
-        table = run_plans(loaded.model, ev, plans, progress=advance)
+        table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
+                          limit=limit)
     table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
     if as_json:
         print(json.dumps(table))
         return
-    rich_table = Table("mode", "layer", "k", "seed", "rows / dims", "ppl", "x baseline",
+    names = list(table["baseline"].get("tasks", {}))
+    rich_table = Table("mode", "layer", "k", "seed", "rows / dims", "ppl", "x baseline", *[f"acc {n}" for n in names],
                        title=f"Ablations of {model}: baseline ppl {table['baseline']['ppl']:.2f} "
-                             f"({table['baseline']['n_tokens']} tokens of {corpus})")
+                             f"({table['baseline']['n_tokens']} tokens of {corpus})"
+                             + "".join(f", {n} acc {v['acc']:.3f} (chance {v['chance']})"
+                                       for n, v in table["baseline"].get("tasks", {}).items()))
     for row in table["results"]:
         what = row["neurons"] or row["dims"]
         rich_table.add_row(row["mode"], str(row["layer"]), str(row["k"]), "" if row["seed"] is None else str(row["seed"]),
-                           ", ".join(map(str, what)), f"{row['ppl']:.2f}", f"{row['ratio']:.2f}")
+                           ", ".join(map(str, what)), f"{row['ppl']:.2f}", f"{row['ratio']:.2f}",
+                           *[f"{row['tasks'][n]['acc']:.3f}" for n in names])
     out.print(rich_table)
 
 
