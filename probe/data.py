@@ -6,7 +6,8 @@ Sources (:func:`load_corpus`):
   ``pydoc_data.topics`` (about 1 MB of English technical prose), in key order;
 - a ``.txt`` file (one document) or a ``.jsonl`` file (one document per line, field ``text``);
 - ``"hf:NAME[:CONFIG][:SPLIT]"``: a Hugging Face dataset through ``datasets`` when reachable
-  (e.g. ``hf:wikitext:wikitext-2-raw-v1:test``).
+  (e.g. ``hf:wikitext:wikitext-2-raw-v1:test``), with the shortcuts ``wikitext2``, ``c4`` and
+  ``pg19`` (see ``HF_CORPORA``) for the corpora of the House of Cards evaluation.
 
 Protocol (:func:`token_windows`): documents are joined with a blank line and tokenized once
 without special tokens; the stream is cut into windows of ``seq_len - 1`` tokens (stride
@@ -27,8 +28,16 @@ import torch
 from probe.errors import EmptyInputError, ProbeError
 
 
+HF_CORPORA = {
+    "wikitext2": "hf:wikitext:wikitext-2-raw-v1:test",
+    "c4": "hf:allenai/c4:en:validation",
+    "pg19": "hf:deepmind/pg19::test",
+}
+
+
 def load_corpus(source: str = "stdlib") -> list[str]:
     """The documents of ``source`` (see module docstring), non-empty strings."""
+    source = HF_CORPORA.get(source, source)
     if source == "stdlib":
         from pydoc_data.topics import topics
 
@@ -38,7 +47,8 @@ def load_corpus(source: str = "stdlib") -> list[str]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise ProbeError(f"corpus {source!r} is neither 'stdlib', 'hf:NAME' nor an existing .txt/.jsonl file")
+            raise ProbeError(f"corpus {source!r} is neither 'stdlib', {', '.join(HF_CORPORA)}, 'hf:NAME' "
+                             "nor an existing .txt/.jsonl file")
         if path.suffix == ".jsonl":
             docs = []
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
