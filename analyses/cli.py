@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -174,6 +174,104 @@ def ablate_cmd(
                            ", ".join(map(str, what)), f"{row['ppl']:.2f}", f"{row['ratio']:.2f}",
                            *[f"{row['tasks'][n]['acc']:.3f}" for n in names])
     out.print(rich_table)
+
+
+@app.command("lid")
+def lid_cmd(
+    points: str = typer.Option(..., "--points", help="Points as .npy, .npz (one array) or .csv (n rows x D)."),
+    k: int = typer.Option(128, "--k", help="Neighbours per point (local TwoNN) or for MLE."),
+    estimator: str = typer.Option("twonn", "--estimator", help="twonn (local TwoNN, Less is More) or mle (Levina-Bickel)."),
+    per_point: bool = typer.Option(False, "--per-point", help="Also print every point's value."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Local intrinsic dimension of your own points (mean and median of the per-point values)."""
+    import numpy as np
+
+    from analyses.lid import MLE, LocalTwoNN
+    from probe.errors import ProbeError
+
+    X = _load_array(points)
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise ProbeError(f"{points}: expected a 2-D array of at least 3 points, got shape {X.shape}")
+    if estimator not in ("twonn", "mle"):
+        raise ProbeError(f"--estimator must be twonn or mle, not {estimator!r}")
+    n_unique = len(np.unique(X, axis=0))
+    if not 2 <= k < n_unique:
+        raise ProbeError(f"--k {k} must be between 2 and the number of distinct points minus one ({n_unique - 1})")
+    fitted = (LocalTwoNN(n_neighbors=k) if estimator == "twonn" else MLE(n_neighbors=k)).fit(X)
+    pw = np.asarray(fitted.dimension_pw_)
+    result = {"estimator": estimator, "mean_lid": float(pw.mean()), "median_lid": float(np.median(pw)),
+              "n_points": int(len(pw)), "n_duplicates": int(fitted.n_duplicates_), "k": k}
+    if estimator == "mle":
+        result["mle_mackay_ghahramani"] = float(fitted.dimension_)
+    if per_point:
+        result["per_point"] = pw.tolist()
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if key != "per_point":
+            out.print(f"{key}: {value}")
+    if per_point:
+        out.print(" ".join(f"{v:.3f}" for v in pw))
+
+
+@app.command("collapse")
+def collapse_cmd(
+    features: str = typer.Option(..., "--features", help="Features (n x D) as .npy, .npz or .csv."),
+    labels: str = typer.Option(..., "--labels", help="Integer labels (n,) as .npy, .npz or .csv."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="Classifier rows (C x D), for NC3 and NC4."),
+    min_count: int = typer.Option(2, "--min-count", help="Classes with fewer samples are left out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Neural-collapse metrics (NC1-NC4, CDNV, Fisher ratio, cone effect) of your own features."""
+    import numpy as np
+
+    from analyses.collapse import CollapseStats
+    from probe.errors import ProbeError
+
+    X, y = _load_array(features), _load_array(labels).reshape(-1)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ProbeError(f"features {X.shape} and labels {y.shape} do not match: need (n, D) and (n,)")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise ProbeError("labels must be integers")
+    stats = CollapseStats(min_count=min_count).fit(X, y.astype(np.int64))
+    kwargs = {}
+    if classifier:
+        W = _load_array(classifier)
+        kwargs = {"classifier": W, "features": X, "predictions": (X @ W.T).argmax(1)}
+    try:
+        result = stats.metrics(**kwargs)
+    except ValueError as exc:
+        raise ProbeError(str(exc)) from None
+    if as_json:
+        print(json.dumps({k: float(v) for k, v in result.items()}))
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value:.6g}")
+
+
+def _load_array(path: str) -> "Any":
+    """A numpy array from .npy, .npz (exactly one array) or .csv; a clear error otherwise."""
+    import numpy as np
+
+    from probe.errors import ProbeError
+
+    try:
+        if path.endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if len(z.files) != 1:
+                    raise ProbeError(f"{path} holds {len(z.files)} arrays ({', '.join(z.files)}); save exactly one")
+                return z[z.files[0]]
+        if path.endswith(".csv"):
+            return np.loadtxt(path, delimiter=",", ndmin=2)
+    except ProbeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"cannot read {path}: {exc}") from None
+    raise ProbeError(f"{path}: use a .npy, .npz or .csv file")
 
 
 @contextmanager
