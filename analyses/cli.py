@@ -56,9 +56,7 @@ def info(
     """Architecture summary of a model and the names of its hook points."""
     from analyses.summary import summarize
 
-    from probe.models import load_model
-
-    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    loaded = _load(model, dtype, device, download, trust_remote_code)
     summary = summarize(loaded)
     if as_json:
         out.print_json(json.dumps(summary))
@@ -93,11 +91,10 @@ def scan_cmd(
 
     from probe.arch import d_ff
     from probe.errors import ProbeError
-    from probe.models import load_model
 
     if k < 1:
         raise ProbeError(f"--k must be at least 1, got {k}")
-    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    loaded = _load(model, dtype, device, download, trust_remote_code)
     if k > d_ff(loaded.model):
         raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(loaded.model)}")
     with _progress(as_json, "scanning", n_seqs) as advance:
@@ -140,7 +137,6 @@ def ablate_cmd(
 
     from probe.data import load_corpus, token_windows
     from probe.errors import ProbeError
-    from probe.models import load_model
 
     if set(evals.split(",")) - {"ppl", "tasks"}:
         raise ProbeError(f"--eval {evals!r}: choose ppl, tasks or ppl,tasks")
@@ -149,7 +145,7 @@ def ablate_cmd(
         ks = [int(v) for v in sweep.split(",")] if sweep else [k]
     except ValueError:
         raise ProbeError(f"--sweep must be comma-separated integers, not {sweep!r}") from None
-    loaded = load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    loaded = _load(model, dtype, device, download, trust_remote_code)
     with _progress(as_json, "scanning", 16) as advance:
         result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance)
     rows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=128, n_seqs=16)
@@ -249,6 +245,12 @@ def collapse_cmd(
         return
     for key, value in result.items():
         out.print(f"{key}: {value:.6g}")
+
+
+def _load(model: str, dtype: Optional[str], device: str, download: bool, trust_remote_code: bool) -> Any:
+    from probe.models import load_model
+
+    return load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
 
 
 def _load_array(path: str) -> "Any":

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe.capture import _device
 from probe.hookpoints import HookPoint
 
 
@@ -61,7 +62,3 @@ def nnsight_trace(
             value = point.get(((envoy.input,), {})) if point.side == "input" else point.get(envoy.output)
             saved[point.name] = value.save()
     return {name: value.detach() for name, value in saved.items()}
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
