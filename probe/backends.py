@@ -26,9 +26,8 @@ def as_bridge(model: Any) -> Any:
         return model
     hf = copy.deepcopy(model)
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-    tokenizer = getattr(model, "probe_tokenizer", None)
     bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf, tokenizer=tokenizer, device=str(_device(model)), dtype=next(model.parameters()).dtype
+        name, hf_model=hf, tokenizer=None, device=str(_device(model)), dtype=next(model.parameters()).dtype
     )
     return bridge
 
