@@ -32,7 +32,8 @@ Metrics returned by :meth:`CollapseStats.metrics`:
   ``s_c^2 = (1/n_c) sum_{x in c} ||x - mu_c||^2``; ``cdnv_wu_papyan`` has ``||mu_i - mu_j||^4``
   in the denominator instead.
 - ``fisher_ratio = Tr(S_W^+ S_B)`` (warns when ``S_W`` is singular).
-- ``cone_same`` / ``cone_diff``: mean cosine over unordered pairs of raw samples of the same /
+- ``cone``: mean cosine over all unordered pairs of raw samples (the cone effect);
+  ``cone_same`` / ``cone_diff``: mean cosine over unordered pairs of raw samples of the same /
   different classes; ``cone_means``: mean cosine over pairs of raw class means.
 
 Streaming state (float64): per-class count, mean, sum of ``||x - mu_c||^2``, sum of unit vectors
@@ -340,6 +341,7 @@ class CollapseStats:
         all_pairs = float(n.sum() * (n.sum() - 1) / 2.0)
         diff_pairs = all_pairs - same_pairs
         return {
+            "cone": all_sum / all_pairs,
             "cone_same": same_sum / same_pairs if same_pairs > 0 else float("nan"),
             "cone_diff": (all_sum - same_sum) / diff_pairs,
             "cone_means": float(_pair_cosines(self.means_[idx]).mean()),

@@ -61,6 +61,7 @@ def _brute(x: np.ndarray, y: np.ndarray, classes: list[int]) -> dict[str, float]
         "cdnv": np.mean(cd),
         "cdnv_wu_papyan": np.mean(cd4),
         "fisher_ratio": fisher,
+        "cone": np.mean(same + diff),
         "cone_same": np.mean(same),
         "cone_diff": np.mean(diff),
         "cone_means": np.mean(cone_means),

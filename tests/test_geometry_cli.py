@@ -47,7 +47,7 @@ def test_collapse_matches_the_library(tmp_path):
             "--classifier", str(tmp_path / "w.npy"), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    for key in ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone_same", "nc3", "nc4"):
+    for key in ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4"):
         assert key in out
     assert out["nc1"] == CollapseStats().fit(X, y).metrics()["nc1"]
 
