@@ -76,11 +76,14 @@ def _pinv(a: Array, rtol: float) -> Array:
     return np.linalg.pinv(a, rtol=rtol, hermitian=True)
 
 
-def _rank(a: Array, rtol: float) -> int:
-    """Numerical rank of a symmetric PSD matrix with relative tolerance ``rtol``."""
-    ev = np.linalg.eigvalsh(a)
-    top = float(ev.max()) if ev.size else 0.0
-    return int((ev > rtol * top).sum()) if top > 0 else 0
+def _group_sum(x: Array, inv: Array, k: int) -> Array:
+    """Row sums of ``x`` per group: ``out[g] = sum_{i: inv[i] = g} x[i]`` (``np.add.at`` is
+    ~50x slower; this sorts once and uses ``np.add.reduceat``)."""
+    order = np.argsort(inv, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
+    out = np.zeros((k, x.shape[1]))
+    out[inv[order][starts]] = np.add.reduceat(x[order], starts, axis=0)
+    return out
 
 
 def _pair_cosines(v: Array) -> Array:
@@ -189,9 +192,7 @@ class CollapseStats:
         """Chan/Welford merge of the batch classes ``idx`` (``inv`` maps samples to them)."""
         k = len(idx)
         n_b = np.bincount(inv, minlength=k).astype(np.float64)
-        mean_b = np.zeros((k, x.shape[1]))
-        np.add.at(mean_b, inv, x)
-        mean_b /= n_b[:, None]
+        mean_b = _group_sum(x, inv, k) / n_b[:, None]
         centred = x - mean_b[inv]
         n_a = self.counts_[idx]
         n = n_a + n_b
@@ -212,9 +213,7 @@ class CollapseStats:
         norms = np.linalg.norm(x, axis=1)
         nz = norms > 0
         u = np.where(nz[:, None], x / np.where(nz, norms, 1.0)[:, None], 0.0)
-        sums = np.zeros((len(idx), x.shape[1]))
-        np.add.at(sums, inv, u)
-        self.unit_sum_[idx] += sums
+        self.unit_sum_[idx] += _group_sum(u, inv, len(idx))
         self.unit_sq_[idx] += np.bincount(inv, nz.astype(np.float64), len(idx))
 
     def fit(self, features: Any, labels: Any) -> CollapseStats:
@@ -319,7 +318,9 @@ class CollapseStats:
         mu = self.means_[idx]
         dev = mu - (n @ mu) / n.sum()
         s_b = (dev * n[:, None]).T @ dev
-        rank = _rank(s_w, self.rtol)
+        ev, vec = np.linalg.eigh(s_w)
+        keep = ev > self.rtol * max(float(ev.max()), 0.0)
+        rank = int(keep.sum())
         if rank < s_w.shape[0]:
             warnings.warn(
                 f"within-class scatter is singular (rank {rank} < D={s_w.shape[0]});"
@@ -327,7 +328,8 @@ class CollapseStats:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return float(np.trace(_pinv(s_w, self.rtol) @ s_b))
+        v = vec[:, keep]  # Tr(S_W^+ S_B) = sum_i v_i^T S_B v_i / lambda_i over kept eigenpairs
+        return float((((s_b @ v) * v).sum(0) / ev[keep]).sum())
 
     def _cone(self, idx: Array) -> dict[str, float]:
         """Mean pairwise cosine of same-class / different-class samples and of class means."""

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["knn", "TwoNN", "LocalTwoNN", "MLE"]
+__all__ = ["knn", "TwoNN", "LocalTwoNN", "MLE", "local_twonn_from_knn"]
 
 Convention = Literal["skdim-0.5", "skdim-0.3"]
 ArrayLike = np.ndarray | torch.Tensor
@@ -90,7 +90,7 @@ def _candidates(X32: torch.Tensor, sq32: torch.Tensor, rows: slice, m: int) -> t
 
 
 def _exact_dist(X64: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor,
-                budget: int = 1 << 24) -> torch.Tensor:
+                budget: int = 1 << 20) -> torch.Tensor:
     """Exact float64 distances ||x_rows - x_cand|| (difference form), chunked
     so at most ``budget`` float64 entries are materialised."""
     m, D = cand.shape[1], X64.shape[1]
@@ -223,9 +223,9 @@ class TwoNN:
 # --------------------------------------------------------------------------
 def _neighbourhood_mu(P: torch.Tensor) -> torch.Tensor:
     """mu = r2 / r1 of every member of each neighbourhood ``P`` (c, k, D),
-    r1, r2 taken among the other members of the same neighbourhood. float64
-    Gram form after centring each neighbourhood; mu >= 1 is enforced and
-    zero distances are guarded (mu stays finite)."""
+    r1, r2 taken among the other members of the same neighbourhood, by brute
+    force (float64 Gram form after centring; zero distances guarded so mu
+    stays finite). The reference for :func:`_mu_from_lists`."""
     P = P - P.mean(dim=1, keepdim=True)
     sq = (P * P).sum(-1)
     d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(P, P.transpose(1, 2))).clamp_min(0)
@@ -233,6 +233,70 @@ def _neighbourhood_mu(P: torch.Tensor) -> torch.Tensor:
     r2 = torch.topk(d2, 2, dim=-1, largest=False, sorted=True).values
     r1sq, r2sq = r2[..., 0].clamp_min(_TINY), r2[..., 1].clamp_min(_TINY)
     return torch.sqrt(r2sq / r1sq).clamp_min(1.0)
+
+
+def _first_two(member: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of the first two entries of each row of ``lists`` (B, m, w) that
+    are set in ``member`` (B, N), and whether both exist."""
+    B, m, w = lists.shape
+    hit = torch.gather(member, 1, lists.reshape(B, m * w)).reshape(B, m, w).to(torch.uint8)
+    first = torch.argmax(hit, dim=-1, keepdim=True)
+    ok = torch.gather(hit, -1, first)
+    hit.scatter_(-1, first, 0)
+    second = torch.argmax(hit, dim=-1, keepdim=True)
+    ok = (ok & torch.gather(hit, -1, second)).squeeze(-1).bool()
+    return first.squeeze(-1), second.squeeze(-1), ok
+
+
+def _mu_from_lists(X64: torch.Tensor, dist: torch.Tensor, ind: torch.Tensor,
+                   rows: torch.Tensor, prefix: int = 32) -> torch.Tensor:
+    """mu = r2 / r1 of every member z of the neighbourhoods N_k(x), x in ``rows``,
+    read off the global sorted kNN lists instead of recomputing distances.
+
+    ``dist``/``ind`` (N, k) are every point's exact k nearest neighbours,
+    ascending. Within N_k(x), the nearest and second nearest other members of z
+    are the first two entries of z's own list L(z) that belong to N_k(x): L(z)
+    holds every point closer to z than its last entry, in order. The first
+    ``prefix`` entries of L(z) are searched first, the whole list where they
+    hold fewer than two members, and the few members whose whole list holds
+    fewer than two are done by brute force against the k members. Exact, and
+    O(k * prefix) lookups per point instead of O(k^2 D) arithmetic.
+    """
+    S = ind[rows]                                            # (B, k) members
+    B, k = S.shape
+    member = torch.zeros(B, len(ind), dtype=torch.bool, device=ind.device)
+    member.scatter_(1, S, True)
+    first, second, ok = _first_two(member, ind[S, :prefix])
+    if not ok.all():
+        b, j = (~ok).nonzero(as_tuple=True)
+        f, s, o = _first_two(member[b], ind[S[b, j]][:, None, :])
+        first[b, j], second[b, j], ok[b, j] = f[:, 0], s[:, 0], o[:, 0]
+    flat = dist.reshape(-1)
+    r1, r2 = flat[S * k + first], flat[S * k + second]
+    if not ok.all():
+        b, j = (~ok).nonzero(as_tuple=True)
+        d = torch.linalg.vector_norm(X64[S[b]] - X64[S[b, j]][:, None, :], dim=-1)  # (F, k)
+        d[torch.arange(len(j), device=d.device), j] = float("inf")
+        two = torch.topk(d, 2, dim=-1, largest=False, sorted=True).values
+        r1[b, j], r2[b, j] = two[:, 0], two[:, 1]
+    return (r2 / r1.clamp_min(_TINY)).clamp_min(1.0)
+
+
+def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
+                         discard_fraction: float = 0.1, convention: Convention = "skdim-0.5",
+                         batch_size: int = 512, device: str | None = None) -> np.ndarray:
+    """Pointwise TwoNN given every point's exact sorted kNN (``knn(X, k)``):
+    LID(x) = TwoNN slope of the ratios mu_z, z in N_k(x) (see :class:`LocalTwoNN`)."""
+    _check_convention(convention)
+    dev = _device(device)
+    X64 = _as_centered64(_as_numpy(X), dev)
+    D, I = torch.as_tensor(dist, device=dev), torch.as_tensor(ind, device=dev)
+    out = [
+        twonn_from_mu(_mu_from_lists(X64, D, I, torch.arange(s, min(s + batch_size, len(I)), device=dev)),
+                      discard_fraction, convention)
+        for s in range(0, len(I), batch_size)
+    ]
+    return torch.cat(out).cpu().numpy()
 
 
 class LocalTwoNN:
@@ -276,21 +340,11 @@ class LocalTwoNN:
         first, self.n_duplicates_ = _dedup(Xn)
         self.sample_indices_ = _subsample(first, self.max_points, self.seed)
         Xs = Xn[self.sample_indices_]
-        _, self.neighbors_ = knn(Xs, self.n_neighbors, block=self.block, device=self.device)
-        self.dimension_pw_ = self._pointwise(Xs, self.neighbors_)
+        dist, self.neighbors_ = knn(Xs, self.n_neighbors, block=self.block, device=self.device)
+        self.dimension_pw_ = local_twonn_from_knn(Xs, dist, self.neighbors_, self.discard_fraction,
+                                                  self.convention, self.batch_size, self.device)
         self.dimension_ = float(self.dimension_pw_.mean())
         return self
-
-    def _pointwise(self, Xs: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
-        dev = _device(self.device)
-        X64 = _as_centered64(Xs, dev)
-        idx = torch.from_numpy(nbrs).to(dev)
-        out = [
-            twonn_from_mu(_neighbourhood_mu(X64[idx[s:s + self.batch_size]]),
-                          self.discard_fraction, self.convention)
-            for s in range(0, len(idx), self.batch_size)
-        ]
-        return torch.cat(out).cpu().numpy()
 
 
 # --------------------------------------------------------------------------
