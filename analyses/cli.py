@@ -172,6 +172,68 @@ def ablate_cmd(
     out.print(rich_table)
 
 
+@app.command("geometry")
+def geometry_cmd(
+    model: str = ModelOpt,
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers or ranges, e.g. 0,5,10-12 (default: all)."),
+    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    n_seqs: int = typer.Option(32, "--n-seqs", help="Number of windows run through the model."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    n_tokens: int = typer.Option(4000, "--n-tokens", help="Token vectors sampled per layer for the LID (before deduplication)."),
+    k: int = typer.Option(128, "--k", help="Neighbours per token for the local TwoNN (paper: 128)."),
+    top_classes: int = typer.Option(512, "--top-classes", help="Collapse classes: the most frequent next tokens (0: all)."),
+    min_count: int = typer.Option(2, "--min-count", help="Collapse classes need at least this many samples."),
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Local intrinsic dimension and neural-collapse metrics of the residual stream, per layer."""
+    from analyses.geometry import geometry
+
+    from probe.errors import ProbeError
+
+    if k < 2 or n_tokens <= k:
+        raise ProbeError(f"need 2 <= --k < --n-tokens, got k={k}, n-tokens={n_tokens}")
+    chosen = _parse_layers(layers)
+    loaded = _load(model, dtype, device, download, trust_remote_code)
+    with _progress(as_json, "capturing", n_seqs) as advance:
+        result = geometry(loaded.model, loaded.tokenizer, name=model, corpus=corpus, layers=chosen, n_seqs=n_seqs,
+                          seq_len=seq_len, lid_points=n_tokens, k=k, top_classes=top_classes or None,
+                          min_count=min_count, progress=advance)
+    if as_json:
+        print(json.dumps(result.to_dict(), allow_nan=True))
+        return
+    keys = {"nc1": "NC1", "nc2_equinorm": "NC2 norm", "nc2_equiangular": "NC2 angle", "cdnv": "CDNV",
+            "fisher_ratio": "Fisher", "cone": "cone", "nc3": "NC3", "nc4": "NC4"}
+    table = Table("layer", "LID", "LID med", "points", *keys.values(),
+                  title=f"Geometry of {model}: {result.n_tokens} tokens of {corpus}, k={k}, "
+                        f"{result.n_classes} next-token classes")
+    for g in result.layers:
+        table.add_row(str(g.layer), f"{g.lid_mean:.2f}", f"{g.lid_median:.2f}", str(g.n_points),
+                      *[f"{g.collapse[key]:.3g}" if key in g.collapse else "-" for key in keys])
+    out.print(table)
+
+
+def _parse_layers(spec: Optional[str]) -> Optional[list[int]]:
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]; None -> None (all layers)."""
+    from probe.errors import LayerError
+
+    if spec is None:
+        return None
+    chosen: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            lo, _, hi = part.partition("-")
+            chosen.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise LayerError(f"--layers {spec!r}: use comma-separated layers or ranges like 0,5,10-12") from None
+    if not chosen:
+        raise LayerError(f"--layers {spec!r} names no layer")
+    return chosen
+
+
 @app.command("lid")
 def lid_cmd(
     points: str = typer.Option(..., "--points", help="Points as .npy, .npz (one array) or .csv (n rows x D)."),

@@ -1,0 +1,138 @@
+"""Per-layer geometry runner: checked against full captures and the estimators run by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.collapse import CollapseStats, _group_sum
+from analyses.geometry import geometry, next_token_classes
+from analyses.lid import LocalTwoNN
+from probe.capture import capture
+from probe.data import load_corpus, token_windows
+from probe.errors import LayerError, ProbeError
+from probe.reducers import Full, Reservoir
+
+LAYERS = [0, 11, 29]
+N_SEQS, SEQ_LEN, POINTS, K = 6, 64, 300, 24
+
+
+@pytest.fixture(scope="module")
+def geo(smol):
+    model, tok = smol.model, smol.tokenizer
+    return geometry(model, tok, "smollm2", layers=LAYERS, n_seqs=N_SEQS, seq_len=SEQ_LEN, lid_points=POINTS, k=K,
+                    top_classes=40, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def full(smol):
+    """Every hook_resid_post of LAYERS in full, the model's argmax, and the same reservoir sample."""
+    model, tok = smol.model, smol.tokenizer
+    rows = token_windows(tok, load_corpus("stdlib"), seq_len=SEQ_LEN, n_seqs=N_SEQS)
+    points = [f"blocks.{l}.hook_resid_post" for l in LAYERS]
+    with torch.no_grad(), capture(model, points, reduce={"full": Full(), "sample": Reservoir(POINTS, 0)}) as cap:
+        for s in range(0, N_SEQS, 4):
+            cap.run(rows[s:s + 4])
+        res = cap.results
+    with torch.no_grad():
+        pred = model(rows).logits.argmax(-1)
+    return rows, res, pred
+
+
+def test_shapes_and_ranges(geo):
+    assert [g.layer for g in geo.layers] == LAYERS
+    assert geo.n_tokens == N_SEQS * SEQ_LEN and geo.n_classes == 40
+    for g in geo.layers:
+        assert 1.0 < g.lid_mean < 576 and g.n_points + g.n_duplicates == POINTS
+        assert {"nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4"} <= set(g.collapse)
+        assert all(np.isfinite(v) for v in g.collapse.values())
+    json.dumps(geo.to_dict(), allow_nan=False)
+
+
+def test_collapse_equals_batch_fit_on_full_capture(geo, full):
+    """The streaming next-token reducer equals CollapseStats.fit on the full features, labelled by hand."""
+    rows, res, _ = full
+    classes = next_token_classes(rows, 40, 2)
+    labels = rows[:, 1:].reshape(-1)
+    keep = torch.isin(labels, classes)
+    for g in geo.layers:
+        feats = res[f"blocks.{g.layer}.hook_resid_post"]["full"][:, :-1].reshape(-1, 576)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = CollapseStats(per_class_scatter=False).fit(feats[keep].double(), labels[keep]).metrics()
+        for key, value in ref.items():
+            assert g.collapse[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (g.layer, key)
+
+
+def test_lid_equals_estimator_on_the_same_sample(geo, full):
+    _, res, _ = full
+    for g in geo.layers:
+        sample = res[f"blocks.{g.layer}.hook_resid_post"]["sample"].vectors.numpy()
+        est = LocalTwoNN(n_neighbors=K, max_points=None).fit(sample)
+        assert g.lid_mean == pytest.approx(est.dimension_, rel=1e-12)
+        assert g.n_duplicates == est.n_duplicates_ > 0  # every window starts with the same token
+
+
+def test_nc3_and_nc4_by_hand(geo, full, smol):
+    rows, res, pred = full
+    W = smol.model.get_output_embeddings().weight.detach().double().numpy()
+    classes = next_token_classes(rows, 40, 2).numpy()
+    g = geo.layers[-1]
+    feats = res[f"blocks.{g.layer}.hook_resid_post"]["full"].double()
+    x, y = feats[:, :-1].reshape(-1, 576).numpy(), rows[:, 1:].reshape(-1).numpy()
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    M = means - means.mean(0)
+    Wc = W[classes]
+    nc3 = ((Wc / np.linalg.norm(Wc) - M / np.linalg.norm(M)) ** 2).sum()
+    assert g.collapse["nc3"] == pytest.approx(nc3, rel=1e-6)
+    s = res[f"blocks.{g.layer}.hook_resid_post"]["sample"]
+    ok = (s.position < SEQ_LEN - 1) & torch.isin(rows[s.batch, (s.position + 1).clamp_max(SEQ_LEN - 1)], torch.as_tensor(classes))
+    xs = s.vectors[ok].double().numpy()
+    nearest = classes[np.argmin(((xs[:, None, :] - means[None]) ** 2).sum(-1), axis=1)]
+    assert g.collapse["nc4"] == pytest.approx(np.mean(nearest == pred[s.batch[ok], s.position[ok]].numpy()))
+
+
+def test_next_token_classes():
+    rows = torch.tensor([[9, 1, 2, 1, 2, 3, 3, 3, 7]])
+    assert next_token_classes(rows, None, 2).tolist() == [1, 2, 3]
+    assert next_token_classes(rows, 2, 2).tolist() == [1, 3]  # 3 (x3), then 1 and 2 tie (x2): smaller id
+    with pytest.raises(ProbeError):
+        next_token_classes(rows, None, 4)
+
+
+def test_group_sum_equals_add_at():
+    rng = np.random.default_rng(0)
+    x, inv = rng.normal(size=(50, 3)), rng.integers(0, 7, size=50)
+    ref = np.zeros((9, 3))
+    np.add.at(ref, inv, x)
+    np.testing.assert_allclose(_group_sum(x, inv, 9), ref, rtol=1e-12)
+
+
+def test_bad_layers(smol):
+    with pytest.raises(LayerError):
+        geometry(smol.model, smol.tokenizer, "smollm2", layers=[30], n_seqs=2, seq_len=32)
+
+
+def test_figure(geo):
+    fig = geo.figure()
+    names = [t.name for t in fig.data]
+    assert "lid mean" in names and "nc1" in names
+    assert list(fig.data[0].x) == LAYERS and fig.data[0].y[0] == pytest.approx(geo.layers[0].lid_mean)
+
+
+def test_cli_geometry_json():
+    probe = str(Path(sys.executable).parent / "probe")
+    r = subprocess.run([probe, "geometry", "--layers", "3-4", "--n-seqs", "3", "--n-tokens", "200", "--k", "16",
+                        "--top-classes", "20", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [g["layer"] for g in out["layers"]] == [3, 4] and out["k"] == 16 and out["n_classes"] == 20
+    bad = subprocess.run([probe, "geometry", "--layers", "31"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "out of range" in bad.stderr
