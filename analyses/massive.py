@@ -93,6 +93,12 @@ class MassiveScan:
         out["layers"] = [{**asdict(l), "ratio": l.ratio} for l in self.layers]
         return out
 
+    def figure(self) -> Any:
+        """The residual-stream profile per layer (:func:`analyses.figures.residual_profile`)."""
+        from analyses.figures import residual_profile
+
+        return residual_profile(self)
+
 
 def scan(
     model: torch.nn.Module,
