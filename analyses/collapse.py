@@ -51,10 +51,12 @@ over all used samples gives all pairs, and different-class pairs = all pairs - s
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["CollapseStats"]
 
@@ -76,6 +78,22 @@ def _pinv(a: Array, rtol: float) -> Array:
     return np.linalg.pinv(a, rtol=rtol, hermitian=True)
 
 
+_BLAS = ThreadpoolController()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_blas_thread(fn: F) -> F:
+    """Run ``fn`` with NumPy's BLAS on one thread: on a busy 2-core machine (torch already uses
+    both cores) threaded OpenBLAS makes a 576 x 576 ``eigh`` 50x slower, not faster."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _BLAS.limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _group_sum(x: Array, inv: Array, k: int) -> Array:
     """Row sums of ``x`` per group: ``out[g] = sum_{i: inv[i] = g} x[i]`` (``np.add.at`` is
     ~50x slower; this sorts once and uses ``np.add.reduceat``)."""
@@ -95,9 +113,12 @@ def _pair_cosines(v: Array) -> Array:
 
 
 def _pair_sq_dists(mu: Array) -> Array:
-    """Squared Euclidean distances of the unordered pairs ``i < j`` of the rows of ``mu``."""
+    """Squared Euclidean distances of the unordered pairs ``i < j`` of the rows of ``mu``
+    (Gram form on the centred rows: ``|a|^2 + |b|^2 - 2 a.b``)."""
+    c = mu - mu.mean(0)
+    sq = (c * c).sum(1)
     iu = np.triu_indices(len(mu), k=1)
-    return ((mu[iu[0]] - mu[iu[1]]) ** 2).sum(1)
+    return np.maximum(sq[iu[0]] + sq[iu[1]] - 2.0 * (c @ c.T)[iu], 0.0)
 
 
 class CollapseStats:
@@ -174,6 +195,7 @@ class CollapseStats:
             self.class_scatter_ = np.concatenate([self.class_scatter_, np.zeros((k, dim, dim))])
 
     # ---------------------------------------------------------------- fitting
+    @_one_blas_thread
     def partial_fit(self, features: Any, labels: Any) -> CollapseStats:
         """Merge a batch (``features (n, D)``, integer ``labels (n,)``) into the statistics."""
         x = _as_numpy(features).astype(np.float64, copy=False)
@@ -254,6 +276,7 @@ class CollapseStats:
         return self.scatter_.copy()
 
     # ---------------------------------------------------------------- metrics
+    @_one_blas_thread
     def metrics(
         self,
         classifier: Any | None = None,

@@ -51,6 +51,8 @@ class NextTokenCollapse(Reducer):
     def update(self, x: torch.Tensor, batch: Batch) -> None:
         if batch.tokens is None:
             raise ProbeError("next-token collapse needs the input ids of the batch")
+        if self.stats.dim_ is None:  # all classes up front: the state has its final size from the start
+            self.stats._grow(self.classes.numpy(), x.shape[-1])
         labels = batch.tokens[:, 1:].to(x.device)
         keep = torch.isin(labels, self.classes.to(x.device))
         if batch.mask is not None:
