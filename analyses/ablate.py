@@ -25,6 +25,7 @@ from analyses.massive import MassiveScan
 from probe.arch import arch_for, d_ff
 from probe.capture import capture
 from probe.edit import edit_residual, keep_rows, zero_rows
+from probe.display import Figured
 from probe.errors import ProbeError
 from probe.reducers import Full
 
@@ -128,8 +129,21 @@ def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: 
     return plans
 
 
+class Ablation(dict, Figured):
+    """What :func:`run_plans` returns: ``{"baseline": ..., "results": [...]}`` (a plain dict,
+    JSON-ready) that also draws itself (:func:`analyses.figures.ablation_figure`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    def figure(self) -> Any:
+        from analyses.figures import ablation_figure
+
+        return ablation_figure(self)
+
+
 def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
-              tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+              tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
     through lm-eval when given) and restored: a tidy table, one row per plan."""
     from analyses.tasks import zero_shot
@@ -153,4 +167,4 @@ def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], prog
                         "ratio": row["ppl"] / baseline["ppl"], **row})
         if progress:
             progress(1)
-    return {"baseline": baseline, "results": results}
+    return Ablation(baseline=baseline, results=results)

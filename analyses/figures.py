@@ -35,6 +35,7 @@ from analyses.massive import RATIOS, MassiveScan
 from probe.arch import arch_for, weight_view
 from probe.capture import capture
 from probe.data import load_corpus, token_windows
+from probe.display import Figured
 from probe.errors import ProbeError
 from probe.reducers import Full
 
@@ -206,7 +207,7 @@ def _span(layers: list[int]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class OriginDetail:
+class OriginDetail(Figured):
     """Full tensors of one sequence at one layer (by default the scan's origin layer).
 
     ``resid``: the residual stream ``hook_resid_post`` ``(position, d_model)``; ``post``: the FFN
@@ -242,6 +243,10 @@ class OriginDetail:
                 "post": self.post.tolist(), "neurons": list(self.neurons),
                 "row_norms": {k: v.tolist() for k, v in self.row_norms.items()},
                 "median": self.median, "abs_threshold": self.abs_threshold, "ratio": self.ratio}
+
+    def figure(self) -> go.Figure:
+        """The |activation| heat map over (position x dim) at the origin layer."""
+        return origin_heatmap(self)
 
 
 def carrier_ids(tokenizer: Any, scan: MassiveScan) -> torch.Tensor:

@@ -31,6 +31,7 @@ from analyses.lid import LocalTwoNN
 from probe.arch import n_layers
 from probe.capture import capture
 from probe.data import load_corpus, token_windows
+from probe.display import Figured
 from probe.errors import LayerError, ProbeError
 from probe.reducers import Batch, Reducer, Reservoir
 
@@ -93,7 +94,7 @@ class LayerGeometry:
 
 
 @dataclass
-class Geometry:
+class Geometry(Figured):
     """Result of :func:`geometry`; ``to_dict()`` is JSON-safe, ``figure()`` draws the curves."""
 
     model: str
@@ -136,9 +137,6 @@ class Geometry:
         fig.update_layout(template="plotly_white", height=640, hovermode="x unified",
                           title=f"Geometry of {self.model}: {self.n_tokens} tokens of {self.corpus}")
         return fig
-
-    def _repr_html_(self) -> str:
-        return self.figure().to_html(full_html=False, include_plotlyjs="cdn")
 
 
 def _lid(sample: torch.Tensor, k: int, seed: int) -> tuple[np.ndarray, int]:

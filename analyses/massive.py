@@ -42,6 +42,7 @@ import torch
 from probe.arch import Arch, arch_for, n_layers, weight_view
 from probe.capture import capture
 from probe.data import load_corpus, token_windows
+from probe.display import Figured
 from probe.reducers import DimMax, Exceed, Full, MaxMedian, TopK
 
 RATIOS = (100.0, 300.0, 1000.0, 3000.0)
@@ -65,7 +66,7 @@ class LayerScan:
 
 
 @dataclass
-class MassiveScan:
+class MassiveScan(Figured):
     """Result of :func:`scan`; ``to_dict()`` is JSON-safe."""
 
     model: str

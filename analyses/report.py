@@ -144,18 +144,6 @@ between them can pair an old report with new results). Any exception
     return out / REPORT_NAME
 
 
-def show(obj: Any) -> go.Figure:
-    """The figure of a result (anything with ``.figure()``) or a figure itself, for Jupyter.
-
-    Returned rather than displayed: as the last expression of a cell Jupyter renders it;
-    elsewhere call ``.show()`` on it.
-    """
-    fig = obj.figure() if hasattr(obj, "figure") and callable(obj.figure) else obj
-    if not isinstance(fig, go.Figure):
-        raise TypeError(f"show() needs a plotly Figure or an object with .figure(); got {type(obj).__name__}")
-    return fig
-
-
 def to_jsonable(value: Any) -> Any:
     """``value`` as plain JSON types: NaN → None, ±inf → ``"inf"``/``"-inf"``; numpy and torch
     scalars/arrays via ``tolist()``; objects with ``to_dict()`` and dataclasses via their fields;

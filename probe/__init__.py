@@ -4,6 +4,7 @@ Mechanics only (models, hook points, reducers, edits, data); the science lives i
 """
 
 from probe.capture import Capture, capture
+from probe.display import Figured, show
 from probe.edit import edit_residual, edit_weight, keep_rows, scale, set_mean, zero_rows
 from probe.errors import (
     EditError,
@@ -22,5 +23,5 @@ __all__ = [
     "Capture", "capture", "edit_residual", "edit_weight", "keep_rows", "scale", "set_mean", "zero_rows",
     "EditError", "EmptyInputError", "HookPointError", "LayerError", "ProbeError", "UnknownModelError",
     "UnsupportedArchitectureError", "hook_points", "resolve", "LoadedModel", "available_models", "load_model",
-    "DimMax", "Exceed", "Full", "MaxMedian", "Moments", "Reservoir", "TopK",
+    "DimMax", "Exceed", "Full", "MaxMedian", "Moments", "Reservoir", "TopK", "Figured", "show",
 ]

@@ -14,7 +14,8 @@ import plotly.offline
 import pytest
 
 from analyses import report
-from analyses.report import Section, render_html, show, to_jsonable, write_report
+from analyses.report import Section, render_html, to_jsonable, write_report
+from probe.display import show
 
 XSS = "<script>alert(1)</script>"
 BREAKOUT = "</script><script>alert(1)</script>"
