@@ -174,3 +174,31 @@ def test_pooled_scatter_refuses_inexact_selection() -> None:
         s.metrics()
     exact = CollapseStats(top_classes=3).fit(x, y).metrics()  # auto: per-class scatters
     assert exact["n_classes"] == 3.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_collapse_metrics_grow_with_noise(seed: int) -> None:
+    """Simplex ETF means plus isotropic noise sigma * Z. In expectation NC1 grows like
+    sigma^2 (Sigma_W = sigma^2 I, Sigma_B ~ the ETF) and so does the CDNV; the NC2
+    deviations (equinorm, equiangularity, max-angle) come from the noise in the estimated
+    class means, of size sigma / sqrt(n_c), so they grow with sigma too; the Fisher ratio
+    falls. The same draw Z is scaled for every sigma (common random numbers), so the
+    ordering reflects sigma and not sampling luck of independent draws."""
+    rng = np.random.default_rng(seed)
+    c, d, n = 6, 10, 200
+    m = _simplex_etf(c, d, rng)
+    y = np.repeat(np.arange(c), n)
+    z = rng.normal(size=(len(y), d))
+    sigmas = [0.0, 0.1, 0.3, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sigma = 0: singular S_W
+        out = [CollapseStats().fit(m[y] + s * z + 4.0, y).metrics() for s in sigmas]
+    assert out[0]["nc1"] < 1e-20
+    for key in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle"):
+        vals = [o[key] for o in out]
+        assert all(a < b for a, b in zip(vals, vals[1:])), (key, vals)
+    # sigma = 0: S_W is pure rounding residue (Fisher ~1e31, meaningless), so start at 0.1
+    fisher = [o["fisher_ratio"] for o in out[1:]]
+    assert all(a > b for a, b in zip(fisher, fisher[1:])), fisher
+    # NC1 ~ sigma^2: tenfold noise, about hundredfold NC1
+    assert out[3]["nc1"] / out[1]["nc1"] == pytest.approx(100, rel=0.05)
