@@ -234,6 +234,74 @@ def _parse_layers(spec: Optional[str]) -> Optional[list[int]]:
     return chosen
 
 
+@app.command("report")
+def report_cmd(
+    model: str = ModelOpt,
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/<model>-<date>)."),
+    sections: str = typer.Option("massive,ablation,lid,collapse", "--sections", help="Comma-separated: massive, ablation, lid, collapse."),
+    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    n_seqs: int = typer.Option(16, "--n-seqs", help="Windows scanned for massive activations (and for the geometry)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    k: int = typer.Option(5, "--k", help="Number of massive weights."),
+    eval_seqs: int = typer.Option(16, "--eval-seqs", help="Perplexity windows (of 256 tokens) per ablation."),
+    lid_points: int = typer.Option(2000, "--n-tokens", help="Token vectors sampled per layer for the LID."),
+    lid_k: int = typer.Option(64, "--lid-k", help="Neighbours per token for the local TwoNN."),
+    static: bool = typer.Option(False, "--static", help="Also write every figure as a PNG (matplotlib) next to the report."),
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run the analyses and write one self-contained HTML report plus results.json (and PNGs with --static)."""
+    import re
+    import time
+    from datetime import date
+    from pathlib import Path
+
+    from analyses import sections as S
+    from analyses.report import write_report
+
+    start = time.perf_counter()
+    chosen = S.parse_sections(sections)
+    cfg = S.ReportConfig(corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k, eval_seqs=eval_seqs,
+                         geometry_seqs=n_seqs, lid_points=lid_points, lid_k=lid_k)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name.removesuffix(".gguf")) or "model"
+    out = Path(out_dir or f"figures/{name}-{date.today()}")
+    loaded = _load(model, dtype, device, download, trust_remote_code)
+    parts, results, scan = [], {}, None
+    if "massive" in chosen:
+        with _progress(quiet, "scanning", 1):
+            found, scan, extra = S.massive_section(loaded, cfg)
+        parts += found
+        results.update(massive=scan.to_dict(), **extra)
+    if "ablation" in chosen:
+        n_plans = len(cfg.ablation_ks) + 2 + cfg.seeds
+        with _progress(quiet, "ablating", n_plans + 1) as advance:
+            found, table = S.ablation_section(loaded, cfg, scan, progress=advance)
+        parts += found
+        results["ablation"] = table
+    if {"lid", "collapse"} & set(chosen):
+        with _progress(quiet, "geometry", n_seqs) as advance:
+            found, geo = S.geometry_sections(loaded, cfg, chosen, progress=advance)
+        parts += found
+        results["geometry"] = geo.to_dict()
+    head = S.header(loaded, cfg, n_seqs * seq_len)
+    results["header"] = head
+
+    def pngs(folder: Path) -> None:
+        from analyses.static import save_png
+
+        figs = [(p.title, i, f) for p in parts for i, f in enumerate(p.figures)]
+        for n, (title, i, fig) in enumerate(figs, 1):
+            save_png(fig, folder / f"{n:02d}-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}-{i + 1}.png")
+
+    path = write_report(out, head, parts, results, extra=pngs if static else None)
+    size = path.stat().st_size / 2**20
+    err.print(f"wrote {path} ({size:.1f} MiB) and {path.with_name('results.json').name}"
+              + (" and PNGs" if static else "") + f" in {time.perf_counter() - start:.0f} s")
+
+
 @app.command("lid")
 def lid_cmd(
     points: str = typer.Option(..., "--points", help="Points as .npy, .npz (one array) or .csv (n rows x D)."),

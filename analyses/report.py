@@ -22,7 +22,7 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +108,8 @@ def render_html(header: Mapping[str, str], sections: list[Section]) -> str:
 
 
 def write_report(
-    out_dir: str | os.PathLike[str], header: Mapping[str, str], sections: list[Section], results: Mapping[str, Any]
+    out_dir: str | os.PathLike[str], header: Mapping[str, str], sections: list[Section], results: Mapping[str, Any],
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/results.json`` atomically; return the report's path.
 
@@ -125,6 +126,9 @@ between them can pair an old report with new results). Any exception
     ``results`` is made JSON-safe by :func:`to_jsonable`: NaN becomes ``null`` (no value),
     ±inf become the strings ``"inf"`` / ``"-inf"`` (a real outcome, e.g. the perplexity of a
     destroyed model, that strict JSON cannot hold as a number).
+
+    ``extra(folder)``, when given, writes further files (e.g. PNG figures) into the temporary
+    folder; they are moved into place with the two files, before ``report.html``.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,11 +137,14 @@ between them can pair an old report with new results). Any exception
         tmp.mkdir()
         _write_synced(tmp / RESULTS_NAME, json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n")
         _write_synced(tmp / REPORT_NAME, render_html(header, sections))
+        if extra is not None:
+            extra(tmp)
         with _deferred_sigint():
             if not out.exists():
                 os.rename(tmp, out)
             else:
-                for name in (RESULTS_NAME, REPORT_NAME):
+                names = sorted(p.name for p in tmp.iterdir() if p.name not in (RESULTS_NAME, REPORT_NAME))
+                for name in (*names, RESULTS_NAME, REPORT_NAME):
                     os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,178 @@
+"""What ``probe report`` runs: each analysis becomes one report :class:`~analyses.report.Section`
+(figures plus a sentence or two with the numbers that matter) and one entry of ``results.json``.
+
+Sections: ``massive`` (scan, origin layer, massive weights, super weight), ``ablation`` (zero /
+retain / random / super weight, re-evaluated by perplexity), ``lid`` and ``collapse`` (one
+geometry pass, :func:`analyses.geometry.geometry`). Every edit is undone before the next
+step (:func:`analyses.ablate.run_plans` restores the weights, also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from typing import Any, Callable
+
+from analyses.report import Section
+from probe.errors import ProbeError
+
+SECTIONS = ("massive", "ablation", "lid", "collapse")
+
+
+@dataclass
+class ReportConfig:
+    """Sizes of each step (defaults keep the embedded model's report under 3 minutes on 2 cores)."""
+
+    corpus: str = "stdlib"
+    n_seqs: int = 16
+    seq_len: int = 128
+    k: int = 5
+    ablation_ks: tuple[int, ...] = (1, 2, 5)
+    seeds: int = 2
+    eval_seqs: int = 16
+    eval_len: int = 256
+    geometry_seqs: int = 16
+    lid_points: int = 2000
+    lid_k: int = 64
+    top_classes: int = 256
+
+
+def parse_sections(spec: str) -> list[str]:
+    chosen = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad or not chosen:
+        raise ProbeError(f"--sections {spec!r}: choose from {', '.join(SECTIONS)}")
+    if "ablation" in chosen and "massive" not in chosen:
+        chosen.insert(0, "massive")  # ablations edit the weights the scan finds
+    return [s for s in SECTIONS if s in chosen]
+
+
+def header(loaded: Any, cfg: ReportConfig, n_tokens: int, argv: list[str] | None = None) -> dict[str, str]:
+    """Everything needed to reproduce the report: model, corpus, tokens, versions, date, command."""
+    versions = ", ".join(f"{p} {version(p)}" for p in ("probe", "torch", "transformers", "plotly"))
+    return {
+        "model": f"{loaded.spec} ({loaded.source})",
+        "corpus": cfg.corpus,
+        "tokens": f"{n_tokens} scanned ({cfg.n_seqs} x {cfg.seq_len})",
+        "versions": f"{versions}; Python {platform.python_version()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["probe", *(sys.argv[1:] if argv is None else argv)]),
+    }
+
+
+def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any, dict[str, Any]]:
+    from analyses import figures
+    from analyses.massive import scan
+
+    model, tok = loaded.model, loaded.tokenizer
+    result = scan(model, tok, name=loaded.spec, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k)
+    sections = [Section(
+        "Massive activations per layer",
+        f"Largest |value| of the residual stream (hook_resid_post) per layer against the median, over "
+        f"{result.n_tokens} tokens. A value is massive when |v| > {result.abs_threshold:g} and > {result.ratio:g}x "
+        f"the layer median (Sun et al. 2024). Origin layer: {result.origin_layer}; by ratio threshold: "
+        + ", ".join(f"{k} -> {v}" for k, v in result.origin_by_ratio.items())
+        + "; precursors: " + (", ".join(f"dim {p['dim']} at layer {p['layer']}" for p in result.precursors) or "none")
+        + ".",
+        [figures.residual_profile(result), figures.ratio_profile(result)],
+    )]
+    if result.origin_layer is None:
+        sections[0].text += " No massive activation at these thresholds, so there are no massive weights to show."
+        return sections, result, {}
+    detail = figures.origin_detail(model, tok, result)
+    sw = result.super_weight
+    sections += [
+        Section(
+            "Where the massive activations sit",
+            f"|activation| over token position x dim at the origin layer {result.origin_layer} for the sequence "
+            f"carrying the largest one; massive dims {result.massive_dims}, carried by "
+            + ", ".join(f"{t['token']!r} at position {t['position']} (x{t['count']})" for t in result.massive_tokens) + ".",
+            [figures.origin_heatmap(detail), figures.massive_tokens(result)],
+        ),
+        Section(
+            "Massive weights and the super weight",
+            f"FFN intermediate state at layer {result.origin_layer} on the massive token: the top-{len(result.massive_neurons)} "
+            f"neurons {result.massive_neurons} (values {[round(v, 1) for v in result.neuron_values]}) are the massive "
+            f"weights, the matching rows of W_up and W_gate (House of Cards, arXiv 2410.01866). Super weight "
+            f"(Yu et al. 2024): W_down[{sw['row']}, {sw['col']}] of layer {sw['layer']} = {sw['value']:.4f}.",
+            [figures.neuron_profile(detail), figures.weight_row_norms(detail)],
+        ),
+    ]
+    return sections, result, {"origin_detail": detail.to_dict()}
+
+
+def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
+                     progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
+    from analyses.ablate import make_plans, run_plans
+    from analyses.evaluate import eval_rows
+    from probe.data import load_corpus, token_windows
+
+    if result.origin_layer is None:
+        return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")], None
+    model, tok = loaded.model, loaded.tokenizer
+    rows = token_windows(tok, load_corpus(cfg.corpus), seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
+    plans = make_plans(model, rows, result, "zero", list(cfg.ablation_ks))
+    plans += make_plans(model, rows, result, "retain", [cfg.k])
+    plans += make_plans(model, rows, result, "random", [cfg.k], seeds=cfg.seeds)
+    plans += make_plans(model, rows, result, "super", [1])
+    ev = eval_rows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs)
+    table = run_plans(model, ev, plans, progress=progress)
+    base = table["baseline"]["ppl"]
+    by = {(r["mode"], r["k"]): r["ppl"] for r in table["results"] if r["mode"] != "random"}
+    rand = [r["ppl"] for r in table["results"] if r["mode"] == "random"]
+    k = cfg.k
+    text = (f"Perplexity on {table['baseline']['n_tokens']} tokens of {cfg.corpus} with the edit applied, then "
+            f"restored. Baseline {base:.2f}; zeroing the top-{k} massive weights (W_up and W_gate rows at layer "
+            f"{result.origin_layer}) gives {by.get(('zero', k), float('nan')):.2f}; keeping only them (zeroing every other "
+            f"row) gives {by.get(('retain', k), float('nan')):.2f}; {len(rand)} random sets of {k} rows give "
+            f"{min(rand):.2f}-{max(rand):.2f}; the super weight alone gives {by.get(('super', 1), float('nan')):.2f}.")
+    return [Section("Ablations: zero, retain, random", text, [table.figure()], table=[
+        {"mode": r["mode"], "k": r["k"], "seed": r["seed"], "ppl": round(r["ppl"], 3), "x baseline": round(r["ratio"], 3)}
+        for r in table["results"]])], table
+
+
+def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
+                      progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
+    import plotly.graph_objects as go
+
+    from analyses.geometry import geometry
+
+    g = geometry(loaded.model, loaded.tokenizer, loaded.spec, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
+                 seq_len=cfg.seq_len, lid_points=cfg.lid_points, k=cfg.lid_k, top_classes=cfg.top_classes,
+                 progress=progress)
+    x = [l.layer for l in g.layers]
+    sections = []
+    if "lid" in chosen:
+        lid = g.curve("lid_mean")
+        top = max(range(len(lid)), key=lid.__getitem__)
+        fig = go.Figure([go.Scatter(x=x, y=lid, name="mean", mode="lines+markers"),
+                         go.Scatter(x=x, y=g.curve("lid_median"), name="median", mode="lines", line={"dash": "dot"})])
+        fig.update_traces(hovertemplate="layer %{x}<br>LID %{y:.2f}")
+        fig.update_layout(template="plotly_white", title=f"Local intrinsic dimension per layer (TwoNN, k={g.k})",
+                          xaxis_title="layer (hook_resid_post)", yaxis_title="LID")
+        sections.append(Section(
+            "Local intrinsic dimension",
+            f"Local TwoNN on each token's {g.k} nearest neighbours (Less is More, arXiv 2506.01034), "
+            f"{g.layers[0].n_points} distinct sampled tokens per layer. Mean LID {lid[0]:.2f} at layer {x[0]}, "
+            f"highest {lid[top]:.2f} at layer {x[top]}, {lid[-1]:.2f} at layer {x[-1]}.", [fig]))
+    if "collapse" in chosen:
+        nc1 = g.curve("nc1")
+        fig = go.Figure([go.Scatter(x=x, y=g.curve(key), name=key, mode="lines+markers")
+                         for key in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")])
+        fig.update_traces(hovertemplate="layer %{x}<br>%{y:.4g}")
+        fig.update_layout(template="plotly_white", yaxis_type="log", xaxis_title="layer (hook_resid_post)",
+                          title=f"Neural collapse per layer, {g.n_classes} next-token classes")
+        sections.append(Section(
+            "Neural collapse with next tokens as classes",
+            f"Class = next token (Wu & Papyan 2024), the {g.n_classes} most frequent, on {g.n_tokens} tokens. NC1 = "
+            f"Tr(Sigma_W Sigma_B^+)/C falls from {nc1[0]:.2f} (layer {x[0]}) to {min(nc1):.2f} (layer "
+            f"{x[nc1.index(min(nc1))]}); NC3 compares class means with the unembedding rows, NC4 the nearest class "
+            f"mean with the model's prediction ({g.layers[-1].collapse.get('nc4', float('nan')):.3f} at the last layer).",
+            [fig], table=[{"layer": l.layer, "LID": round(l.lid_mean, 2), **{k: round(l.collapse[k], 4) for k in
+                          ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4")
+                          if k in l.collapse}} for l in g.layers]))
+    return sections, g
