@@ -432,8 +432,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]: nothing was written; the model was restored")
+        err.print(f"[red]{INTERRUPTED}[/red]", soft_wrap=True)
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130
+        if exc.code == 130:
+            err.print(f"[red]{INTERRUPTED}[/red]", soft_wrap=True)
+        raise
+
+
+INTERRUPTED = "interrupted: nothing was written (a previous report stays as it was); the model was restored"
 
 
 if __name__ == "__main__":
