@@ -98,10 +98,11 @@ def _mark_layers(fig: go.Figure, scan: MassiveScan) -> None:
     for p in scan.precursors:
         if p["layer"] != scan.origin_layer:
             by_layer[p["layer"]].append(p["dim"])
-    for layer, dims in sorted(by_layer.items()):
+    for i, (layer, dims) in enumerate(sorted(by_layer.items())):
         fig.add_vline(x=layer, line={"color": "#555", "width": 1, "dash": "dot"},
                       annotation_text=f"precursor layer {layer} (dim {', '.join(map(str, dims))})",
-                      annotation_position="bottom right", annotation_bgcolor=LABEL_BG)
+                      annotation_position="bottom right", annotation_bgcolor=LABEL_BG,
+                      annotation_yshift=18 * i)  # stacked, so neighbouring layers' labels do not overlap
 
 
 def residual_profile(scan: MassiveScan) -> go.Figure:

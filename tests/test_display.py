@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.formatters import DisplayFormatter
 
 import probe
 from analyses.ablate import Ablation
@@ -16,8 +16,11 @@ class Result(Figured):
         return go.Figure(go.Scatter(x=[0, 1], y=[2, 3]))
 
 
-def test_figured_renders_the_plotly_mimetype_without_inlining_plotlyjs():
-    fmt, _ = InteractiveShell.instance().display_formatter.format(Result())
+def test_figured_renders_the_plotly_mimetype_without_inlining_plotlyjs(monkeypatch):
+    import plotly.io as pio
+
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype+notebook")  # plotly's choice in Jupyter
+    fmt, _ = DisplayFormatter().format(Result())  # what Jupyter does, without a global shell
     assert fmt["application/vnd.plotly.v1+json"]["data"][0]["y"] == [2, 3]
     assert len(fmt["text/html"]) < 100_000  # plotly.js (4.8 MB) is not repeated per output
 

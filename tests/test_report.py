@@ -15,7 +15,6 @@ import pytest
 
 from analyses import report
 from analyses.report import Section, render_html, to_jsonable, write_report
-from probe.display import show
 
 XSS = "<script>alert(1)</script>"
 BREAKOUT = "</script><script>alert(1)</script>"
@@ -212,14 +211,3 @@ def test_size_of_a_page_with_six_small_figures(tmp_path: Path) -> None:
     assert size < 8_000_000
     assert size - len(plotly.offline.get_plotlyjs()) < 200_000  # the figures themselves are small
 
-
-def test_show_returns_the_figure() -> None:
-    fig = go.Figure(go.Bar(y=[1]))
-
-    class Result:
-        def figure(self) -> go.Figure:
-            return fig
-
-    assert show(Result()) is fig and show(fig) is fig
-    with pytest.raises(TypeError, match="figure"):
-        show(42)
