@@ -26,6 +26,8 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps ...")
 DownloadOpt = typer.Option(False, "--download", help="Allow fetching a hub id that is not in the local HF cache.")
 RemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the checkpoint (off by default).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
+CorpusOpt = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT].")
+SeqLenOpt = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included.")
 
 
 @app.command()
@@ -74,9 +76,9 @@ def info(
 @app.command("scan")
 def scan_cmd(
     model: str = ModelOpt,
-    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    corpus: str = CorpusOpt,
     n_seqs: int = typer.Option(16, "--n-seqs", help="Number of windows scanned."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    seq_len: int = SeqLenOpt,
     k: int = typer.Option(5, "--k", help="Number of massive neurons / weights."),
     ratio: float = typer.Option(1000.0, "--ratio", help="Massive if |v| > ratio x the layer median ..."),
     abs_threshold: float = typer.Option(100.0, "--abs", help="... and |v| > this."),
@@ -176,9 +178,9 @@ def ablate_cmd(
 def geometry_cmd(
     model: str = ModelOpt,
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers or ranges, e.g. 0,5,10-12 (default: all)."),
-    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    corpus: str = CorpusOpt,
     n_seqs: int = typer.Option(32, "--n-seqs", help="Number of windows run through the model."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    seq_len: int = SeqLenOpt,
     n_tokens: int = typer.Option(4000, "--n-tokens", help="Token vectors sampled per layer for the LID (before deduplication)."),
     k: int = typer.Option(128, "--k", help="Neighbours per token for the local TwoNN (paper: 128)."),
     top_classes: int = typer.Option(512, "--top-classes", help="Collapse classes: the most frequent next tokens (0: all)."),
@@ -239,9 +241,9 @@ def report_cmd(
     model: str = ModelOpt,
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/<model>-<date>)."),
     sections: str = typer.Option("massive,ablation,lid,collapse", "--sections", help="Comma-separated: massive, ablation, lid, collapse."),
-    corpus: str = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT]."),
+    corpus: str = CorpusOpt,
     n_seqs: int = typer.Option(16, "--n-seqs", help="Windows scanned for massive activations (and for the geometry)."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included."),
+    seq_len: int = SeqLenOpt,
     k: int = typer.Option(5, "--k", help="Number of massive weights."),
     eval_seqs: int = typer.Option(16, "--eval-seqs", help="Perplexity windows (of 256 tokens) per ablation."),
     lid_points: int = typer.Option(2000, "--n-tokens", help="Token vectors sampled per layer for the LID."),
