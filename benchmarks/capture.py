@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import loadavg, log  # noqa: E402
+
 import torch  # noqa: E402
 
 POINTS = ["blocks.*.mlp.hook_post", "blocks.*.hook_resid_post"]
@@ -488,17 +490,6 @@ def cpu_jiffies() -> tuple[int, int, int]:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     steal = fields[7] if len(fields) > 7 else 0
     return sum(fields[:8]) - idle - steal, idle, steal
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import loadavg, log  # noqa: E402
+
 import numpy as np  # noqa: E402
 import skdim  # noqa: E402
 import torch  # noqa: E402
@@ -76,17 +78,6 @@ def cpu_model() -> str:
             return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         return "?"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def bench(n: int, rounds: int) -> list[dict[str, Any]]:
