@@ -304,6 +304,58 @@ def report_cmd(
               + (" and PNGs" if static else "") + f" in {time.perf_counter() - start:.0f} s")
 
 
+@app.command("finetune")
+def finetune_cmd(
+    model: str = ModelOpt,
+    data: str = typer.Option("builtin", "--data", help="'builtin' (the stdlib corpus) or a .txt/.jsonl file."),
+    method: str = typer.Option("lora", "--method", help="lora or dora (peft)."),
+    macdrop: str = typer.Option("step", "--macdrop", help="MacDrop schedule: step, exp, constant or none."),
+    p0: float = typer.Option(0.8, "--p0", help="Initial drop probability of each massive row."),
+    k: int = typer.Option(5, "--k", help="Number of massive weights (rows of W_up and W_gate at the origin layer)."),
+    steps: int = typer.Option(200, "--steps", help="Optimiser steps."),
+    eval_every: int = typer.Option(50, "--eval-every", help="Held-out evaluation (and tracking) every N steps."),
+    track: str = typer.Option("massive,lid", "--track", help="Tracked at each evaluation: massive, lid (or empty)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order, the adapter init and the masks."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/finetune-<macdrop>-<date>)."),
+    dtype: Optional[str] = DtypeOpt,
+    device: str = DeviceOpt,
+    download: bool = DownloadOpt,
+    trust_remote_code: bool = RemoteCodeOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fine-tune a LoRA/DoRA adapter with MacDrop on the massive weights; save the adapter and the log."""
+    from datetime import date
+    from pathlib import Path
+
+    from analyses.finetune import TRACKS, FinetuneConfig, finetune, save
+    from analyses.massive import scan
+    from analyses.macdrop import schedule
+
+    from probe.errors import ProbeError
+
+    schedule(macdrop, p0, max(steps, 1))  # validate before loading anything
+    tracked = tuple(t for t in track.split(",") if t)
+    if set(tracked) - set(TRACKS):
+        raise ProbeError(f"--track {track!r}: choose from {', '.join(TRACKS)}")
+    out = Path(out_dir or f"figures/finetune-{macdrop}-{date.today()}")
+    if out.exists():
+        raise ProbeError(f"{out} exists; choose a new --out folder")
+    corpus = "stdlib" if data == "builtin" else data
+    cfg = FinetuneConfig(method=method, macdrop=macdrop, p0=p0, k=k, steps=steps, eval_every=eval_every,
+                         corpus=corpus, track=tracked, seed=seed)
+    loaded = _load(model, dtype, device, download, trust_remote_code)
+    result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, k=k)
+    if result.origin_layer is None:
+        raise ProbeError("no massive activation found, so there are no massive weights to drop")
+    with _progress(quiet, "fine-tuning", steps) as advance:
+        peft_model, log = finetune(loaded.model, loaded.tokenizer, result.origin_layer, result.massive_neurons, cfg,
+                                   progress=advance)
+    save(peft_model, log, out)
+    first, last = log.evals[0], log.evals[-1]
+    err.print(f"held-out loss {first['loss']:.4f} -> {last['loss']:.4f} (ppl {first['ppl']:.2f} -> {last['ppl']:.2f}); "
+              f"adapter and log in {out}", soft_wrap=True)
+
+
 @app.command("lid")
 def lid_cmd(
     points: str = typer.Option(..., "--points", help="Points as .npy, .npz (one array) or .csv (n rows x D)."),

@@ -1,0 +1,172 @@
+"""Parameter-efficient fine-tuning (peft LoRA or DoRA) with optional MacDrop, tracked as it trains.
+
+Data protocol: the corpus is cut into windows (:func:`probe.data.token_windows`); the held-out
+set is the first ``eval_seqs`` windows of ``eval_len`` tokens (the perplexity protocol of
+:mod:`analyses.evaluate`), and training windows of ``seq_len`` tokens start after the tokens
+they cover, so the two never overlap. Training is next-token cross-entropy, AdamW, a fixed
+seed. At step 0, every ``eval_every`` steps and at the end the log records the held-out loss and
+perplexity and, with ``track``: ``massive`` = the largest ``|h|`` of ``hook_resid_post`` at the
+origin layer on the held-out windows; ``lid`` = the mean local TwoNN dimension (k = ``lid_k``)
+of a fixed sample of held-out token vectors at the origin and the last layer (Less is More,
+arXiv 2506.01034: mean LID falls as training helps).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from analyses.evaluate import eval_rows, perplexity
+from analyses.lid import LocalTwoNN
+from analyses.macdrop import MacDrop, schedule
+from probe.arch import n_layers
+from probe.capture import capture
+from probe.data import load_corpus, token_windows
+from probe.errors import ProbeError
+from probe.reducers import Full
+
+TRACKS = ("massive", "lid")
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "lora"  # lora | dora
+    macdrop: str = "step"  # step | exp | constant | none
+    p0: float = 0.8
+    alpha: float = 0.01
+    k: int = 5
+    steps: int = 200
+    lr: float = 2e-4
+    rank: int = 8
+    batch_size: int = 4
+    seq_len: int = 128
+    eval_every: int = 50
+    eval_seqs: int = 8
+    eval_len: int = 256
+    corpus: str = "stdlib"
+    track: tuple[str, ...] = ("massive", "lid")
+    lid_points: int = 600
+    lid_k: int = 32
+    seed: int = 0
+
+
+@dataclass
+class FinetuneLog:
+    """Per-step training loss and p(t); per-eval held-out loss, perplexity and tracked metrics."""
+
+    config: dict[str, Any]
+    layer: int
+    rows: list[int]
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.method not in ("lora", "dora"):
+        raise ProbeError(f"unknown method {cfg.method!r}; choose lora or dora")
+    return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=2 * cfg.rank, lora_dropout=0.0,
+                                            target_modules="all-linear", use_dora=cfg.method == "dora"))
+
+
+def train_rows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
+    """Training windows, after the tokens of the held-out windows."""
+    skip = math.ceil(cfg.eval_seqs * cfg.eval_len / cfg.seq_len)
+    rows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len)[skip:]
+    if len(rows) < cfg.batch_size:
+        raise ProbeError(f"the corpus has only {len(rows)} training windows after the held-out ones")
+    return rows
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConfig) -> dict[str, Any]:
+    """Held-out loss and perplexity, and the tracked metrics of the module docstring."""
+    model.eval()
+    ppl = perplexity(model, rows)
+    out: dict[str, Any] = {"loss": ppl.nll, "ppl": ppl.ppl}
+    if not {"massive", "lid"} & set(cfg.track):
+        return out
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # adapters are injected in it
+    last = n_layers(base) - 1
+    points = [f"blocks.{layer}.hook_resid_post", f"blocks.{last}.hook_resid_post"]
+    with capture(base, points, reduce=Full()) as cap:
+        cap.run(rows)
+        full = cap.results
+    if "massive" in cfg.track:
+        out["massive"] = float(full[points[0]].abs().max())
+    if "lid" in cfg.track:
+        for name, point in (("lid_origin", points[0]), ("lid_last", points[1])):
+            X = full[point][:, 1:].reshape(-1, full[point].shape[-1]).numpy()  # position 0 is the same everywhere
+            X = X[np.random.default_rng(cfg.seed).permutation(len(X))[: cfg.lid_points]]
+            out[name] = LocalTwoNN(n_neighbors=cfg.lid_k, max_points=None).fit(X).dimension_
+    return out
+
+
+def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg: FinetuneConfig,
+             progress: Callable[[int], None] | None = None) -> tuple[nn.Module, FinetuneLog]:
+    """Fine-tune an adapter on a copy of ``model`` (the caller's model is left untouched) with
+    MacDrop on ``rows`` of ``layer``; returns the peft model and the log."""
+    torch.manual_seed(cfg.seed)
+    peft_model = _peft(copy.deepcopy(model), cfg)
+    drop = MacDrop(peft_model, layer, rows[: cfg.k],
+                   schedule(cfg.macdrop, cfg.p0 if cfg.macdrop != "none" else 0.0, cfg.steps, cfg.alpha), cfg.seed)
+    data = train_rows(tokenizer, cfg)
+    held_out = eval_rows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
+    log = FinetuneLog(asdict(cfg), layer, rows[: cfg.k])
+    log.evals.append({"step": 0, **evaluate(peft_model, held_out, layer, cfg)})
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+    for t in range(cfg.steps):
+        peft_model.train()
+        idx = order[(torch.arange(cfg.batch_size) + t * cfg.batch_size) % len(data)]
+        batch = data[idx]
+        opt.zero_grad()
+        with drop.step(t) as dropped:
+            loss = peft_model(batch, labels=batch).loss
+            loss.backward()
+        opt.step()
+        log.train.append({"step": t + 1, "loss": loss.item(), "p": drop.history[-1][1], "dropped": dropped})
+        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.steps:
+            log.evals.append({"step": t + 1, **evaluate(peft_model, held_out, layer, cfg)})
+        if progress:
+            progress(1)
+    peft_model.eval()
+    return peft_model, log
+
+
+def save(peft_model: nn.Module, log: FinetuneLog, out_dir: str | os.PathLike[str]) -> Path:
+    """``adapter/`` (peft, safetensors), ``log.json`` and ``train.csv``/``eval.csv``, written to a
+    temporary sibling folder and renamed into place (an interrupted run leaves nothing)."""
+    out = Path(out_dir)
+    if out.exists():
+        raise ProbeError(f"{out} exists; choose a new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        (tmp / "log.json").write_text(json.dumps(log.to_dict(), indent=2) + "\n")
+        for name, rows in (("train.csv", log.train), ("eval.csv", log.evals)):
+            with open(tmp / name, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
