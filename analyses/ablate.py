@@ -13,7 +13,7 @@ A :class:`Plan` names one edit (House of Cards, arXiv 2410.01866, §3-4; Sun et 
 from __future__ import annotations
 
 import random as _random
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
@@ -142,29 +142,42 @@ class Ablation(dict, Figured):
         return ablation_figure(self)
 
 
+def measure(model: nn.Module, eval_rows: torch.Tensor, plan: Plan | None = None, tokenizer: Any = None,
+            tasks: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """One evaluation of ``model`` with ``plan`` applied (``None``: as it is), restored on return:
+    :class:`analyses.evaluate.Perplexity` as a dict, plus ``tasks`` (zero-shot accuracies through
+    lm-eval, :func:`analyses.tasks.zero_shot`) when ``tasks`` are given. The unit of work of
+    :func:`run_plans` and of the Ray workers of :mod:`analyses.sweep`."""
+    from analyses.tasks import zero_shot
+
+    with applied(model, plan) if plan is not None else nullcontext():
+        row: dict[str, Any] = perplexity(model, eval_rows).to_dict()
+        if tasks:
+            row["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
+    return row
+
+
+def tabulate(baseline: dict[str, Any], plans: list[Plan], measured: list[dict[str, Any]]) -> Ablation:
+    """The table of :func:`run_plans` from the :func:`measure` of the baseline and of each plan (in order)."""
+    results = []
+    for plan, row in zip(plans, measured, strict=True):
+        results.append({**plan.to_dict(), "metric": "ppl", "value": row["ppl"], "baseline": baseline["ppl"],
+                        "ratio": row["ppl"] / baseline["ppl"], "ppl": row["ppl"],
+                        **({"tasks": row["tasks"]} if "tasks" in row else {})})
+    return Ablation(baseline=baseline, results=results)
+
+
 def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
               tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
-    through lm-eval when given) and restored: a tidy table, one row per plan."""
-    from analyses.tasks import zero_shot
-
-    def evaluate() -> dict[str, Any]:
-        row: dict[str, Any] = {"ppl": perplexity(model, eval_rows).ppl}
-        if tasks:
-            row["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
-        return row
-
-    baseline = {**perplexity(model, eval_rows).to_dict()}
-    if tasks:
-        baseline["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
+    through lm-eval when given) and restored: a tidy table, one row per plan.
+    :func:`analyses.sweep.run_plans_ray` gives the same table, the plans spread over Ray workers."""
+    baseline = measure(model, eval_rows, None, tokenizer, tasks, limit)
     if progress:
         progress(1)
-    results = []
+    measured = []
     for plan in plans:
-        with applied(model, plan):
-            row = evaluate()
-        results.append({**plan.to_dict(), "metric": "ppl", "value": row["ppl"], "baseline": baseline["ppl"],
-                        "ratio": row["ppl"] / baseline["ppl"], **row})
+        measured.append(measure(model, eval_rows, plan, tokenizer, tasks, limit))
         if progress:
             progress(1)
-    return Ablation(baseline=baseline, results=results)
+    return tabulate(baseline, plans, measured)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import random
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +77,30 @@ def builtins_docs(seed: int = 0) -> list[dict[str, Any]]:
     return docs
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temporary file and :func:`os.replace`, only when
+    it differs, so concurrent writers (Ray workers on one node) never see a half-written file."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_tasks(folder: Path | None = None) -> Path:
     """Write the offline tasks' JSONL and YAML into ``folder`` (default: the cache); return it."""
     folder = folder or cache_dir() / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
     for task, docs in (("probe_pydoc_topics", pydoc_topics_docs()), ("probe_builtins", builtins_docs())):
         data = folder / f"{task}.jsonl"
-        tmp = data.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-        tmp.replace(data)
-        (folder / f"{task}.yaml").write_text(
+        _write_if_changed(data, "".join(json.dumps(d) + "\n" for d in docs))
+        _write_if_changed(
+            folder / f"{task}.yaml",
             f"task: {task}\n"
             "dataset_path: json\n"
             f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
@@ -95,7 +111,6 @@ def write_tasks(folder: Path | None = None) -> Path:
             'doc_to_target: "{{label}}"\n'
             "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
             "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n",
-            encoding="utf-8",
         )
     return folder
 
