@@ -126,6 +126,9 @@ def ablate_cmd(
                               help="lm-eval tasks for --eval tasks (offline: probe_pydoc_topics, probe_builtins; "
                                    "arc_easy, arc_challenge, boolq, piqa, winogrande when their data is reachable)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (default: all)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Fan the plans out as Ray tasks: 'local' (a private Ray on this "
+                                                           "machine), 'auto' or HOST:PORT / ray://HOST:PORT (a running cluster)."),
+    workers: int = typer.Option(2, "--workers", help="Ray workers (each loads the model once)."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     download: bool = DownloadOpt,
@@ -154,8 +157,15 @@ def ablate_cmd(
     plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds)
     ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
     with _progress(as_json, "evaluating", len(plans) + 1) as advance:
-        table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
-                          limit=limit)
+        if ray:
+            from analyses.sweep import run_plans_ray
+
+            load = dict(dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+            table = run_plans_ray(model, load, ev, plans, address=None if ray == "local" else ray, num_workers=workers,
+                                  tasks=task_list, limit=limit, progress=advance)
+        else:
+            table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
+                              limit=limit)
     table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
     if as_json:
         print(json.dumps(table))
@@ -288,7 +298,7 @@ def report_cmd(
             found, geo = S.geometry_sections(loaded, cfg, chosen, progress=advance)
         parts += found
         results["geometry"] = geo.to_dict()
-    head = S.header(loaded, cfg, n_seqs * seq_len)
+    head = S.header(loaded, corpus, f"{n_seqs * seq_len} scanned ({n_seqs} x {seq_len})")
     results["header"] = head
 
     def pngs(folder: Path) -> None:
@@ -307,14 +317,18 @@ def report_cmd(
 @app.command("finetune")
 def finetune_cmd(
     model: str = ModelOpt,
-    data: str = typer.Option("builtin", "--data", help="'builtin' (the stdlib corpus) or a .txt/.jsonl file."),
+    data: str = typer.Option("builtin", "--data", help="builtin (the stdlib corpus), stdlib-instruct (offline instructions), "
+                                                        "alpaca (Hugging Face, when reachable), or a .txt/.jsonl file."),
     method: str = typer.Option("lora", "--method", help="lora or dora (peft)."),
     macdrop: str = typer.Option("step", "--macdrop", help="MacDrop schedule: step, exp, constant or none."),
     p0: float = typer.Option(0.8, "--p0", help="Initial drop probability of each massive row."),
     k: int = typer.Option(5, "--k", help="Number of massive weights (rows of W_up and W_gate at the origin layer)."),
     steps: int = typer.Option(200, "--steps", help="Optimiser steps."),
     eval_every: int = typer.Option(50, "--eval-every", help="Held-out evaluation (and tracking) every N steps."),
-    track: str = typer.Option("massive,lid", "--track", help="Tracked at each evaluation: massive, lid (or empty)."),
+    track: str = typer.Option("massive,lid", "--track", help="Tracked at each evaluation: massive, lid, collapse (or empty)."),
+    tasks: str = typer.Option("probe_pydoc_topics,probe_builtins", "--tasks",
+                              help="lm-eval tasks scored before and after (empty: none)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, the adapter init and the masks."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/finetune-<macdrop>-<date>)."),
     dtype: Optional[str] = DtypeOpt,
@@ -323,13 +337,14 @@ def finetune_cmd(
     trust_remote_code: bool = RemoteCodeOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fine-tune a LoRA/DoRA adapter with MacDrop on the massive weights; save the adapter and the log."""
+    """Fine-tune a LoRA/DoRA adapter with MacDrop on the massive weights; save the adapter, the log and a report."""
     from datetime import date
     from pathlib import Path
 
     from analyses.finetune import TRACKS, FinetuneConfig, finetune, save
     from analyses.massive import scan
     from analyses.macdrop import schedule
+    from analyses.sections import header
 
     from probe.errors import ProbeError
 
@@ -342,7 +357,8 @@ def finetune_cmd(
         raise ProbeError(f"{out} exists; choose a new --out folder")
     corpus = "stdlib" if data == "builtin" else data
     cfg = FinetuneConfig(method=method, macdrop=macdrop, p0=p0, k=k, steps=steps, eval_every=eval_every,
-                         corpus=corpus, track=tracked, seed=seed)
+                         corpus=corpus, track=tracked, tasks=tuple(t for t in tasks.split(",") if t), task_limit=limit,
+                         seed=seed)
     loaded = _load(model, dtype, device, download, trust_remote_code)
     result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, k=k)
     if result.origin_layer is None:
@@ -350,10 +366,37 @@ def finetune_cmd(
     with _progress(quiet, "fine-tuning", steps) as advance:
         peft_model, log = finetune(loaded.model, loaded.tokenizer, result.origin_layer, result.massive_neurons, cfg,
                                    progress=advance)
-    save(peft_model, log, out)
+    tokens = f"{steps} steps x {cfg.batch_size} x {cfg.seq_len} training tokens; held-out {cfg.eval_seqs} x {cfg.eval_len}"
+    save(peft_model, log, out, header(loaded, corpus, tokens))
     first, last = log.evals[0], log.evals[-1]
-    err.print(f"held-out loss {first['loss']:.4f} -> {last['loss']:.4f} (ppl {first['ppl']:.2f} -> {last['ppl']:.2f}); "
-              f"adapter and log in {out}", soft_wrap=True)
+    err.print(f"held-out loss {first['loss']:.4f} -> {last['loss']:.4f} (ppl {first['ppl']:.2f} -> {last['ppl']:.2f})"
+              + "".join(f"; {t} acc {log.zero_shot['before'][t]['acc']:.3f} -> {log.zero_shot['after'][t]['acc']:.3f}"
+                        for t in cfg.tasks)
+              + f"; adapter, log and report in {out}", soft_wrap=True)
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[str] = typer.Argument(..., help="Folders written by probe finetune."),
+    out_dir: str = typer.Option(..., "--out", help="Output folder of the comparison report."),
+) -> None:
+    """One report comparing fine-tuning runs: curves overlaid, and a table of loss, perplexity,
+    LID and zero-shot accuracy before and after."""
+    from pathlib import Path
+
+    from analyses.finetune_report import finetune_section, load_run
+    from analyses.report import write_report
+
+    logs = {}
+    for n, folder in enumerate(runs, 1):
+        log = load_run(folder)
+        name = f"{Path(folder).name} ({log['config']['method']}, MacDrop {log['config']['macdrop']})"
+        logs[name if name not in logs else f"{name} #{n}"] = log
+    section = finetune_section(logs)
+    path = write_report(out_dir, {"runs": ", ".join(runs)}, [section], {"runs": logs, "summary": section.table})
+    for row in section.table or []:
+        out.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), soft_wrap=True)
+    err.print(f"wrote {path}")
 
 
 @app.command("lid")

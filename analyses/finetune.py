@@ -8,36 +8,44 @@ seed. At step 0, every ``eval_every`` steps and at the end the log records the h
 perplexity and, with ``track``: ``massive`` = the largest ``|h|`` of ``hook_resid_post`` at the
 origin layer on the held-out windows; ``lid`` = the mean local TwoNN dimension (k = ``lid_k``)
 of a fixed sample of held-out token vectors at the origin and the last layer (Less is More,
-arXiv 2506.01034: mean LID falls as training helps).
+arXiv 2506.01034: mean LID falls as training helps); ``collapse`` = NC1 ``Tr(S_W S_B^+)/C`` and
+the CDNV of the same two layers with next tokens as classes (Wu & Papyan 2024; classes seen at
+least twice in the held-out windows, :class:`analyses.collapse.CollapseStats`).
+
+Zero-shot accuracy on ``tasks`` (lm-eval, :func:`analyses.tasks.zero_shot`) is measured before
+the first step and after the last. LoRA's ``B`` and DoRA's magnitude start so that the adapted
+model equals the base model, so "before" is the pre-trained model's accuracy.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
-import secrets
-import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from analyses.collapse import CollapseStats
 from analyses.evaluate import eval_rows, perplexity
+from analyses.finetune_report import finetune_section
 from analyses.lid import LocalTwoNN
 from analyses.macdrop import MacDrop, schedule
+from analyses.report import write_report
+from analyses.tasks import OFFLINE_TASKS, zero_shot
 from probe.arch import n_layers
 from probe.capture import capture
 from probe.data import load_corpus, token_windows
 from probe.errors import ProbeError
 from probe.reducers import Full
 
-TRACKS = ("massive", "lid")
+TRACKS = ("massive", "lid", "collapse")
 
 
 @dataclass
@@ -59,18 +67,22 @@ class FinetuneConfig:
     track: tuple[str, ...] = ("massive", "lid")
     lid_points: int = 600
     lid_k: int = 32
+    tasks: tuple[str, ...] = OFFLINE_TASKS
+    task_limit: int | None = None
     seed: int = 0
 
 
 @dataclass
 class FinetuneLog:
-    """Per-step training loss and p(t); per-eval held-out loss, perplexity and tracked metrics."""
+    """Per-step training loss and p(t); per-eval held-out loss, perplexity and tracked metrics;
+    zero-shot accuracy ``{"before": {task: {...}}, "after": {...}}``."""
 
     config: dict[str, Any]
     layer: int
     rows: list[int]
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    zero_shot: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,9 +112,9 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
     model.eval()
     ppl = perplexity(model, rows)
     out: dict[str, Any] = {"loss": ppl.nll, "ppl": ppl.ppl}
-    if not {"massive", "lid"} & set(cfg.track):
+    if not set(TRACKS) & set(cfg.track):
         return out
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # adapters are injected in it
+    base = _base(model)
     last = n_layers(base) - 1
     points = [f"blocks.{layer}.hook_resid_post", f"blocks.{last}.hook_resid_post"]
     with capture(base, points, reduce=Full()) as cap:
@@ -115,7 +127,21 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
             X = full[point][:, 1:].reshape(-1, full[point].shape[-1]).numpy()  # position 0 is the same everywhere
             X = X[np.random.default_rng(cfg.seed).permutation(len(X))[: cfg.lid_points]]
             out[name] = LocalTwoNN(n_neighbors=cfg.lid_k, max_points=None).fit(X).dimension_
+    if "collapse" in cfg.track:
+        labels = rows[:, 1:].reshape(-1)
+        for name, point in (("origin", points[0]), ("last", points[1])):
+            X = full[point][:, :-1].reshape(-1, full[point].shape[-1]).double()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # S_W is singular when D > samples; pinv is documented
+                metrics = CollapseStats(min_count=2).fit(X, labels).metrics()
+            out[f"nc1_{name}"], out[f"cdnv_{name}"] = metrics["nc1"], metrics["cdnv"]
     return out
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft model (the adapters are injected in it): what hooks
+    and lm-eval see."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg: FinetuneConfig,
@@ -130,6 +156,8 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg:
     held_out = eval_rows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     log = FinetuneLog(asdict(cfg), layer, rows[: cfg.k])
+    if cfg.tasks:
+        log.zero_shot["before"] = zero_shot(_base(peft_model).eval(), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     log.evals.append({"step": 0, **evaluate(peft_model, held_out, layer, cfg)})
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
     for t in range(cfg.steps):
@@ -147,26 +175,29 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg:
         if progress:
             progress(1)
     peft_model.eval()
+    if cfg.tasks:
+        log.zero_shot["after"] = zero_shot(_base(peft_model), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     return peft_model, log
 
 
-def save(peft_model: nn.Module, log: FinetuneLog, out_dir: str | os.PathLike[str]) -> Path:
-    """``adapter/`` (peft, safetensors), ``log.json`` and ``train.csv``/``eval.csv``, written to a
-    temporary sibling folder and renamed into place (an interrupted run leaves nothing)."""
+def save(peft_model: nn.Module, log: FinetuneLog, out_dir: str | os.PathLike[str],
+         header: Mapping[str, str] | None = None) -> Path:
+    """Write the run into the new folder ``out_dir``: ``adapter/`` (peft, safetensors),
+    ``results.json`` (the log), ``train.csv`` and ``eval.csv``, and ``report.html`` with the
+    curves; all built in a temporary sibling folder and renamed into place
+    (:func:`analyses.report.write_report`), so an interrupted run leaves nothing."""
     out = Path(out_dir)
     if out.exists():
         raise ProbeError(f"{out} exists; choose a new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        (tmp / "log.json").write_text(json.dumps(log.to_dict(), indent=2) + "\n")
+
+    def files(folder: Path) -> None:
+        peft_model.save_pretrained(folder / "adapter", safe_serialization=True)
         for name, rows in (("train.csv", log.train), ("eval.csv", log.evals)):
-            with open(tmp / name, "w", newline="") as f:
+            with open(folder / name, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    name = f"{log.config['method']}, MacDrop {log.config['macdrop']}"
+    write_report(out, dict(header or {}), [finetune_section({name: log.to_dict()})], log.to_dict(), extra=files)
     return out

@@ -13,6 +13,13 @@ Schedules (``t`` the step, ``T`` the number of steps):
 - ``exp``: ``p(t) = p0 exp(-alpha t)``;
 - ``constant``: ``p(t) = p0``; ``none``: ``p(t) = 0`` (plain fine-tuning, the baseline).
 
+With DoRA (Liu et al. 2024, arXiv 2402.09353) a layer computes
+``m * (W + dW) x / ||W + dW||_row``; zeroing a row of ``W`` would make that row's norm 0 at
+initialisation (``dW = 0``) and the output 0/0. During a MacDrop step the DoRA norm is therefore
+computed from the full pre-trained rows (it is a constant, detached, in DoRA as well), so a
+dropped row contributes ``m_r (dW_r x) / ||W_r + dW_r||``: the pre-trained row is gone from the
+output, not from the normalisation.
+
 Use :class:`MacDrop` in a hand-written loop (``with drop.step(t): loss.backward()``) or
 :class:`MacDropCallback` with the Hugging Face ``Trainer``.
 """
@@ -69,11 +76,14 @@ class MacDrop:
             raise LayerError(f"layer {layer} out of range 0..{L - 1}")
         arch = arch_for(base)
         roles = ("W_gate", "W_up") if arch.gate else ("W_in",)
-        self.weights = [weight_view(base, layer, role).matrix for role in roles]
+        views = [weight_view(base, layer, role) for role in roles]
+        self.weights = [v.matrix for v in views]
         d_ff = self.weights[0].shape[0]
         if not rows or len(set(rows)) != len(rows) or not all(0 <= r < d_ff for r in rows):
             raise ProbeError(f"rows must be distinct neuron indices in 0..{d_ff - 1}, got {rows}")
         self.layer, self.rows, self.p = layer, list(rows), p
+        self.dora = [_dora_layers(model, v.param) for v in views]  # (fused W_gate/W_up share one)
+        self.params = [v.param for v in views]
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[tuple[int, float, list[int]]] = []
 
@@ -91,10 +101,12 @@ class MacDrop:
         bit-exactly, also on an exception or Ctrl-C. Yields the dropped rows."""
         dropped = self.mask(t)
         idx = torch.tensor(dropped, dtype=torch.long)
-        saved = []
+        saved, patched = [], []
         try:
             with torch.no_grad():
-                for W in self.weights:
+                for W, param, dora in zip(self.weights, self.params, self.dora):
+                    if dropped:
+                        patched += [_norm_from(d, param.detach().clone()) for d in dora if d not in patched]
                     saved.append(W[idx.to(W.device)].clone())
                     W[idx.to(W.device)] = 0
             yield dropped
@@ -102,6 +114,26 @@ class MacDrop:
             with torch.no_grad():
                 for W, rows in zip(self.weights, saved):
                     W[idx.to(W.device)] = rows
+            for layer in patched:
+                del layer.get_weight_norm  # back to the class's method
+
+
+def _dora_layers(model: nn.Module, param: nn.Parameter) -> list[nn.Module]:
+    """peft's DoRA norm modules of the LoRA layer whose frozen base weight is ``param``."""
+    return [dora for m in model.modules() if getattr(getattr(m, "base_layer", None), "weight", None) is param
+            for dora in getattr(m, "lora_magnitude_vector", {}).values()]
+
+
+def _norm_from(dora: nn.Module, full: torch.Tensor) -> nn.Module:
+    """Make ``dora`` compute its weight norm from ``full`` (the undropped base weight, in the
+    parameter's own layout, as peft reads it) until the instance attribute is deleted."""
+    method = type(dora).get_weight_norm
+
+    def get_weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float, adapter_name: Any = None) -> torch.Tensor:
+        return method(dora, full.to(weight.dtype), lora_weight, scaling, adapter_name=adapter_name)
+
+    dora.get_weight_norm = get_weight_norm
+    return dora
 
 
 def macdrop_callback(drop: MacDrop) -> Any:

@@ -51,13 +51,13 @@ def parse_sections(spec: str) -> list[str]:
     return [s for s in SECTIONS if s in chosen]
 
 
-def header(loaded: Any, cfg: ReportConfig, n_tokens: int, argv: list[str] | None = None) -> dict[str, str]:
-    """Everything needed to reproduce the report: model, corpus, tokens, versions, date, command."""
+def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None) -> dict[str, str]:
+    """Everything needed to reproduce a report: model, corpus, tokens, versions, date, command."""
     versions = ", ".join(f"{p} {version(p)}" for p in ("probe", "torch", "transformers", "plotly"))
     return {
         "model": f"{loaded.spec} ({loaded.source})",
-        "corpus": cfg.corpus,
-        "tokens": f"{n_tokens} scanned ({cfg.n_seqs} x {cfg.seq_len})",
+        "corpus": corpus,
+        "tokens": tokens,
         "versions": f"{versions}; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["probe", *(sys.argv[1:] if argv is None else argv)]),

@@ -4,10 +4,15 @@ Sources (:func:`load_corpus`):
 
 - ``"stdlib"`` (default, offline): the topic help texts that ship with CPython in
   ``pydoc_data.topics`` (about 1 MB of English technical prose), in key order;
-- a ``.txt`` file (one document) or a ``.jsonl`` file (one document per line, field ``text``);
+- ``"stdlib-instruct"`` (offline instruction data): the same topics as instruction/response
+  pairs, "Explain the Python topic '<title>'." answered by the topic's text, in the Alpaca
+  template (:func:`alpaca_text`);
+- a ``.txt`` file (one document) or a ``.jsonl`` file (one document per line: field ``text``,
+  or Alpaca-style ``instruction`` [``input``] ``output`` fields, formatted by :func:`alpaca_text`);
 - ``"hf:NAME[:CONFIG][:SPLIT]"``: a Hugging Face dataset through ``datasets`` when reachable
-  (e.g. ``hf:wikitext:wikitext-2-raw-v1:test``), with the shortcuts ``wikitext2``, ``c4`` and
-  ``pg19`` (see ``HF_CORPORA``) for the corpora of the House of Cards evaluation.
+  (e.g. ``hf:wikitext:wikitext-2-raw-v1:test``; a ``text`` column, or Alpaca-style columns),
+  with the shortcuts ``wikitext2``, ``c4`` and ``pg19`` (see ``HF_CORPORA``) for the corpora
+  of the House of Cards evaluation and ``alpaca`` (``tatsu-lab/alpaca``, 52k instructions).
 
 Protocol (:func:`token_windows`): documents are joined with a blank line and tokenized once
 without special tokens; the stream is cut into windows of ``seq_len - 1`` tokens (stride
@@ -32,7 +37,39 @@ HF_CORPORA = {
     "wikitext2": "hf:wikitext:wikitext-2-raw-v1:test",
     "c4": "hf:allenai/c4:en:validation",
     "pg19": "hf:deepmind/pg19::test",
+    "alpaca": "hf:tatsu-lab/alpaca::train",
 }
+
+
+def alpaca_text(record: dict[str, Any]) -> str:
+    """One instruction record in the Alpaca template (Taori et al. 2023), response included."""
+    if record.get("input"):
+        head = ("Below is an instruction that describes a task, paired with an input that provides further "
+                "context. Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{record['instruction']}\n\n### Input:\n{record['input']}")
+    else:
+        head = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                f"the request.\n\n### Instruction:\n{record['instruction']}")
+    return f"{head}\n\n### Response:\n{record['output']}"
+
+
+def _record_text(record: Any) -> str:
+    if isinstance(record, dict) and "text" in record:
+        return str(record["text"])
+    if isinstance(record, dict) and {"instruction", "output"} <= set(record):
+        return alpaca_text(record)
+    raise KeyError("a 'text' field or 'instruction' and 'output' fields")
+
+
+def _stdlib_instruct() -> list[str]:
+    from pydoc_data.topics import topics
+
+    docs = []
+    for key in sorted(topics):
+        title, _, body = topics[key].partition("\n")
+        body = body.lstrip("*= \n")  # the title's underline
+        docs.append(alpaca_text({"instruction": f"Explain the Python topic '{title.strip()}'.", "output": body.strip()}))
+    return docs
 
 
 def load_corpus(source: str = "stdlib") -> list[str]:
@@ -42,12 +79,14 @@ def load_corpus(source: str = "stdlib") -> list[str]:
         from pydoc_data.topics import topics
 
         docs = [topics[key] for key in sorted(topics)]
+    elif source == "stdlib-instruct":
+        docs = _stdlib_instruct()
     elif source.startswith("hf:"):
         docs = _hf_corpus(source[3:])
     else:
         path = Path(source)
         if not path.is_file():
-            raise ProbeError(f"corpus {source!r} is neither 'stdlib', {', '.join(HF_CORPORA)}, 'hf:NAME' "
+            raise ProbeError(f"corpus {source!r} is neither 'stdlib', 'stdlib-instruct', {', '.join(HF_CORPORA)}, 'hf:NAME' "
                              "nor an existing .txt/.jsonl file")
         if path.suffix == ".jsonl":
             docs = []
@@ -55,9 +94,10 @@ def load_corpus(source: str = "stdlib") -> list[str]:
                 if not line.strip():
                     continue
                 try:
-                    docs.append(str(json.loads(line)["text"]))
+                    docs.append(_record_text(json.loads(line)))
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ProbeError(f"{source}:{number}: expected a JSON object with a 'text' field ({exc})") from None
+                    raise ProbeError(f"{source}:{number}: expected a JSON object with a 'text' field or "
+                                     f"'instruction' and 'output' fields ({exc})") from None
         else:
             try:
                 docs = [path.read_text(encoding="utf-8")]
@@ -78,7 +118,10 @@ def _hf_corpus(spec: str) -> list[str]:
         ds = datasets.load_dataset(name, config or None, split=split or "test")
     except Exception as exc:
         raise ProbeError(f"cannot load the Hugging Face dataset {spec!r} (offline?): {exc}") from None
-    return [str(t) for t in ds["text"]]
+    try:
+        return [_record_text(record) for record in ds]
+    except KeyError as exc:
+        raise ProbeError(f"the dataset {spec!r} has neither {exc.args[0]}") from None
 
 
 def prepend_id(tokenizer: Any, prepend: str | int | None = "auto") -> int | None:

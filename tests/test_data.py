@@ -42,6 +42,29 @@ def test_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with pytest.raises(ProbeError, match="bad.jsonl:1"):
         load_corpus(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "other.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
+    with pytest.raises(ProbeError, match="other.jsonl:1.*'instruction' and 'output'"):
+        load_corpus(str(tmp_path / "other.jsonl"))
+
+
+def test_instruction_records_use_the_alpaca_template(tmp_path):
+    records = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+               {"instruction": "Say hi.", "input": "", "output": "Hi."}]
+    (tmp_path / "i.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with_input, plain = load_corpus(str(tmp_path / "i.jsonl"))
+    assert with_input.endswith("### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n5")
+    assert "### Input" not in plain and plain.endswith("### Instruction:\nSay hi.\n\n### Response:\nHi.")
+
+
+def test_stdlib_instruct_pairs_every_topic_title_with_its_text():
+    from pydoc_data.topics import topics
+
+    docs = load_corpus("stdlib-instruct")
+    assert len(docs) == len(topics)
+    first = topics[sorted(topics)[0]]
+    title, body = first.split("\n", 1)[0], first.split("\n", 2)[2].strip()
+    assert f"### Instruction:\nExplain the Python topic '{title}'." in docs[0]
+    assert docs[0].endswith(f"### Response:\n{body}")
 
 
 def test_bad_input_is_refused(smol, tmp_path):

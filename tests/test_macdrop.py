@@ -104,3 +104,21 @@ def test_p0_zero_is_plain_lora_and_dropping_changes_the_adapter(smol, smol_ids):
     assert plain.keys() == none.keys() and all(torch.equal(plain[n], none[n]) for n in plain)
     dropped = _lora_run(smol.model, ids, "constant")
     assert any(not torch.equal(plain[n], dropped[n]) for n in plain)
+
+
+def test_dora_norm_reads_the_full_rows_during_a_step(smol):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(copy.deepcopy(smol.model), LoraConfig(r=4, target_modules=["up_proj", "gate_proj"], use_dora=True))
+    ids = torch.tensor([[0, 504, 3458, 314, 260, 1789, 30]])
+    drop = MacDrop(model, LAYER, ROWS, schedule("constant", p0=1.0))
+    with drop.step(0):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        up = model.get_base_model().model.layers[LAYER].mlp.up_proj
+        # The dropped rows' DoRA output is m * (B A x) / ||W + B A||: B = 0 at init, so 0, not 0/0.
+        x = torch.randn(1, up.in_features)
+        assert torch.all(up(x)[0, ROWS] == 0) and torch.isfinite(up(x)).all()
+    assert math.isfinite(loss.item())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad and p.grad is not None)
+    assert drop.dora[0] and drop.dora[1] and all("get_weight_norm" not in vars(d) for d in drop.dora[0] + drop.dora[1])
