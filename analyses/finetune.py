@@ -20,7 +20,6 @@ model equals the base model, so "before" is the pre-trained model's accuracy.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import warnings
@@ -37,7 +36,7 @@ from analyses.evaluate import eval_rows, perplexity
 from analyses.finetune_report import finetune_section
 from analyses.lid import LocalTwoNN
 from analyses.macdrop import MacDrop, schedule
-from analyses.report import write_report
+from analyses.report import write_csv, write_report
 from analyses.tasks import OFFLINE_TASKS, zero_shot
 from probe.arch import n_layers
 from probe.capture import capture
@@ -192,11 +191,8 @@ def save(peft_model: nn.Module, log: FinetuneLog, out_dir: str | os.PathLike[str
 
     def files(folder: Path) -> None:
         peft_model.save_pretrained(folder / "adapter", safe_serialization=True)
-        for name, rows in (("train.csv", log.train), ("eval.csv", log.evals)):
-            with open(folder / name, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+        write_csv(folder / "train.csv", log.train)
+        write_csv(folder / "eval.csv", log.evals)
 
     name = f"{log.config['method']}, MacDrop {log.config['macdrop']}"
     write_report(out, dict(header or {}), [finetune_section({name: log.to_dict()})], log.to_dict(), extra=files)

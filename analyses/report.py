@@ -12,6 +12,7 @@ true, so a token such as ``</script>`` in a hover text cannot end the script ele
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import html
 import json
@@ -149,6 +150,14 @@ between them can pair an old report with new results). Any exception
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / REPORT_NAME
+
+
+def write_csv(path: Path, rows: list[Mapping[str, Any]]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file with a header line."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def to_jsonable(value: Any) -> Any:
