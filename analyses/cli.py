@@ -28,6 +28,8 @@ RemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run model code 
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 CorpusOpt = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT].")
 SeqLenOpt = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included.")
+DeviceMapOpt = typer.Option(None, "--device-map", help="auto, balanced or sequential: accelerate spreads the layers over "
+                                                       "the GPUs (then CPU RAM); replaces --device.")
 
 
 @app.command()
@@ -82,8 +84,12 @@ def scan_cmd(
     k: int = typer.Option(5, "--k", help="Number of massive neurons / weights."),
     ratio: float = typer.Option(1000.0, "--ratio", help="Massive if |v| > ratio x the layer median ..."),
     abs_threshold: float = typer.Option(100.0, "--abs", help="... and |v| > this."),
+    backend: str = typer.Option("torch", "--backend", help="torch (hooks) or nnsight (reductions inside the trace)."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="ndif: run on NDIF (the hub id's weights stay there; "
+                                                                 "NDIF_API_KEY); local: nnsight's offline simulation of it."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     download: bool = DownloadOpt,
     trust_remote_code: bool = RemoteCodeOpt,
     as_json: bool = JsonOpt,
@@ -96,12 +102,23 @@ def scan_cmd(
 
     if k < 1:
         raise ProbeError(f"--k must be at least 1, got {k}")
-    loaded = _load(model, dtype, device, download, trust_remote_code)
-    if k > d_ff(loaded.model):
-        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(loaded.model)}")
+    if remote not in (None, "ndif", "local"):
+        raise ProbeError(f"--remote must be ndif or local, not {remote!r}")
+    if remote:
+        backend = "nnsight"
+    if remote == "ndif":
+        from probe.models import load_remote
+
+        loaded = load_remote(model)
+    else:
+        loaded = _load(model, dtype, device, download, trust_remote_code, device_map)
+    module = getattr(loaded.model, "_module", loaded.model)
+    if k > d_ff(module):
+        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(module)}")
     with _progress(as_json, "scanning", n_seqs) as advance:
         result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k,
-                      ratio=ratio, abs_threshold=abs_threshold, progress=advance)
+                      ratio=ratio, abs_threshold=abs_threshold, progress=advance, backend=backend,
+                      remote={"ndif": True, "local": "local", None: False}[remote])
     if as_json:
         print(json.dumps(result.to_dict()))
         return
@@ -129,8 +146,11 @@ def ablate_cmd(
     ray: Optional[str] = typer.Option(None, "--ray", help="Fan the plans out as Ray tasks: 'local' (a private Ray on this "
                                                            "machine), 'auto' or HOST:PORT / ray://HOST:PORT (a running cluster)."),
     workers: int = typer.Option(2, "--workers", help="Ray workers (each loads the model once)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs Ray reserves per worker (give 1, or the node's "
+                                                                          "GPU count with --device-map auto, on GPU nodes)."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     download: bool = DownloadOpt,
     trust_remote_code: bool = RemoteCodeOpt,
     as_json: bool = JsonOpt,
@@ -150,7 +170,7 @@ def ablate_cmd(
         ks = [int(v) for v in sweep.split(",")] if sweep else [k]
     except ValueError:
         raise ProbeError(f"--sweep must be comma-separated integers, not {sweep!r}") from None
-    loaded = _load(model, dtype, device, download, trust_remote_code)
+    loaded = _load(model, dtype, device, download, trust_remote_code, device_map)
     with _progress(as_json, "scanning", 16) as advance:
         result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance)
     rows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=128, n_seqs=16)
@@ -160,9 +180,10 @@ def ablate_cmd(
         if ray:
             from analyses.sweep import run_plans_ray
 
-            load = dict(dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+            load = dict(dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code,
+                        device_map=device_map)
             table = run_plans_ray(model, load, ev, plans, address=None if ray == "local" else ray, num_workers=workers,
-                                  tasks=task_list, limit=limit, progress=advance)
+                                  tasks=task_list, limit=limit, progress=advance, gpus_per_worker=gpus_per_worker)
         else:
             table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
                               limit=limit)
@@ -399,6 +420,39 @@ def compare_cmd(
     err.print(f"wrote {path}")
 
 
+@app.command("grok")
+def grok_cmd(
+    p: int = typer.Option(59, "--p", help="Modulus: the task is (a + b) mod p."),
+    train_frac: float = typer.Option(0.5, "--train-frac", help="Fraction of the p^2 pairs used for training."),
+    steps: int = typer.Option(2500, "--steps", help="Full-batch optimiser steps."),
+    eval_every: int = typer.Option(100, "--eval-every", help="Evaluate accuracy and LID every N steps."),
+    weight_decay: float = typer.Option(1.0, "--weight-decay", help="AdamW weight decay (grokking needs it)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/grokking-<date>)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Grokking demo: a small transformer learns (a + b) mod p from scratch; train/test accuracy
+    and the mean LID of its hidden states, written as a report."""
+    from datetime import date
+    from pathlib import Path
+
+    from analyses.grokking import GrokConfig, grok, save
+    from probe.errors import ProbeError
+
+    cfg = GrokConfig(p=p, train_frac=train_frac, steps=steps, eval_every=eval_every, weight_decay=weight_decay, seed=seed)
+    cfg.validate()
+    out = Path(out_dir or f"figures/grokking-{date.today()}")
+    if out.exists():
+        raise ProbeError(f"{out} exists; choose a new --out folder")
+    with _progress(quiet, "training", steps) as advance:
+        log = grok(cfg, progress=advance)
+    save(log, out)
+    first, last = log.evals[0], log.evals[-1]
+    err.print(f"train acc 0.99 at step {log.step_train_fit}, test acc 0.9 at step {log.step_test_fit}; mean LID (test) "
+              f"{first['lid_test']:.2f} -> max {max(e['lid_test'] for e in log.evals):.2f} -> {last['lid_test']:.2f}; "
+              f"report in {out}", soft_wrap=True)
+
+
 @app.command("lid")
 def lid_cmd(
     points: str = typer.Option(..., "--points", help="Points as .npy, .npz (one array) or .csv (n rows x D)."),
@@ -474,10 +528,12 @@ def collapse_cmd(
         out.print(f"{key}: {value:.6g}")
 
 
-def _load(model: str, dtype: Optional[str], device: str, download: bool, trust_remote_code: bool) -> Any:
+def _load(model: str, dtype: Optional[str], device: str, download: bool, trust_remote_code: bool,
+          device_map: Optional[str] = None) -> Any:
     from probe.models import load_model
 
-    return load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code)
+    return load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code,
+                      device_map=device_map)
 
 
 def _load_array(path: str) -> "Any":

@@ -30,6 +30,18 @@ Definitions (thresholds are parameters):
 
 The scan streams through :mod:`probe.reducers`; only one sequence is re-run with full tensors
 of the origin layer, for the neurons and the attribution.
+
+Backends: ``backend="torch"`` (default, forward hooks) or ``"nnsight"``; with nnsight,
+``remote=True`` scans a model served by NDIF (``probe.models.load_remote(repo_id)``; API key
+from ``NDIF_API_KEY`` or nnsight's config) and ``remote="local"`` runs nnsight's offline
+simulation of that path on a loaded model. Everything is computed remotely, and only small
+tensors come back: the reducers run inside each trace (their states travel: a 4097-bin histogram
+per point for max/median, per-dim maxima, top-k and above-threshold entries), the weight reads
+(``W_down[d, n]`` per layer, the row norms of ``W_up``/``W_gate`` at the origin layer) run in
+one trace of one token, and the re-run of one sequence brings back the full hidden states of the
+origin layer only (``seq_len x d_ff`` + 4 x ``seq_len x d_model`` values). A scan makes
+``ceil(n_seqs / batch_size)`` requests for the streaming pass, one for the weights and, when
+there is an origin layer, one for the re-run.
 """
 
 from __future__ import annotations
@@ -40,9 +52,12 @@ from typing import Any, Callable
 import torch
 
 from probe.arch import Arch, arch_for, n_layers, weight_view
-from probe.capture import capture
+from probe.arch import layer as block
+from probe.backends import as_nnsight, call_on_model, hf_module
+from probe.capture import capture, run_all
 from probe.data import load_corpus, token_windows
 from probe.display import Figured
+from probe.errors import ProbeError
 from probe.reducers import DimMax, Exceed, Full, MaxMedian, TopK
 
 RATIOS = (100.0, 300.0, 1000.0, 3000.0)
@@ -102,7 +117,7 @@ class MassiveScan(Figured):
 
 
 def scan(
-    model: torch.nn.Module,
+    model: Any,
     tokenizer: Any,
     *,
     name: str = "model",
@@ -115,17 +130,28 @@ def scan(
     precursor_ratio: float = 100.0,
     progress: Callable[[int], None] | None = None,
     batch_size: int = 8,
+    backend: str = "torch",
+    remote: bool | str = False,
 ) -> MassiveScan:
-    """Scan ``n_seqs`` windows of ``corpus`` (protocol of :mod:`probe.data`) for massive activations."""
+    """Scan ``n_seqs`` windows of ``corpus`` (protocol of :mod:`probe.data`) for massive activations.
+
+    ``backend``: ``"torch"`` or ``"nnsight"``; ``remote`` (nnsight only): ``True`` runs on NDIF
+    (``model`` = :func:`probe.models.load_remote`), ``"local"`` simulates that offline (see the
+    module docstring for what travels). ``model`` may be an HF model or an nnsight model.
+    """
+    if backend not in ("torch", "nnsight"):
+        raise ProbeError(f"scan runs on backend 'torch' or 'nnsight', not {backend!r}")
     rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
-    arch = arch_for(model)
-    L = n_layers(model)
+    runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
+    hf = hf_module(runner)
+    arch = arch_for(hf)
+    L = n_layers(hf)
+    opts = {"backend": backend, "remote": remote}
     reduce_resid = {"top": TopK(max(k, 10)), "stats": MaxMedian(), "dims": DimMax(), "big": Exceed(abs_threshold)}
-    with capture(model, "blocks.*.hook_resid_post", reduce=reduce_resid) as resid, \
-            capture(model, ["blocks.*.mlp.hook_post", "blocks.*.mlp.hook_out"], reduce={"stats": MaxMedian(), "dims": DimMax()}) as ffn:
+    with capture(runner, "blocks.*.hook_resid_post", reduce=reduce_resid, **opts) as resid, \
+            capture(runner, ["blocks.*.mlp.hook_post", "blocks.*.mlp.hook_out"], reduce={"stats": MaxMedian(), "dims": DimMax()}, **opts) as ffn:
         for start in range(0, rows.shape[0], batch_size):
-            with torch.no_grad():
-                model(rows[start : start + batch_size])
+            run_all([resid, ffn], rows[start : start + batch_size])
             if progress:
                 progress(min(batch_size, rows.shape[0] - start))
     tok = lambda i: tokenizer.convert_ids_to_tokens(int(i))  # noqa: E731
@@ -145,8 +171,11 @@ def scan(
     origin = _origin(layers, big_by_layer, ratio)
     result = MassiveScan(name, corpus, rows.shape[0], rows.shape[1], rows.numel(), abs_threshold, ratio, layers,
                          origin, origin_by_ratio, [], [])
-    result.super_weight_candidates = _candidates(model, ffn, L, tok, rows)
+    spikes = _spikes(ffn, L, tok, rows)
+    cells = [(c["layer"], c["row"], c["col"]) for c in spikes]
     if origin is None:
+        values, _ = call_on_model(runner, read_weights, cells, 0, [], input_ids=rows, remote=remote)
+        result.super_weight_candidates = _candidates(spikes, values)
         return result
     massive = layers[origin].massive
     result.massive_dims = list(dict.fromkeys(e["dim"] for e in massive))
@@ -154,8 +183,28 @@ def scan(
     result.precursors = _precursors(resid, layers, result.massive_dims, origin, precursor_ratio)
     main = result.massive_tokens[0]
     carrier = next(e for e in massive if (e["position"], e["token"]) == (main["position"], main["token"]))
-    _neurons_and_weights(model, arch, rows, result, carrier, k)
+    _neurons_and_weights(runner, arch, rows, result, carrier, k, cells, spikes, opts)
     return result
+
+
+def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], layer: int,
+                 names: list[str]) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """What the scan reads from the weights, in one call (one request when remote): the values
+    ``W_down[d, n]`` of layer ``l`` for each ``(l, d, n)`` in ``cells``, and the row norms
+    ``||W[n, :]||`` of each matrix in ``names`` at ``layer``. Blocks offloaded by accelerate
+    (``device_map`` with ``"cpu"``/``"disk"`` entries) are loaded for the read."""
+    from contextlib import ExitStack
+
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with ExitStack() as stack:  # accelerate-offloaded blocks hold meta tensors until their hook loads them
+        for l in sorted({c[0] for c in cells} | ({layer} if names else set())):
+            for module in block(model, l).modules():
+                if has_offloaded_params(module):
+                    stack.enter_context(align_module_device(module))
+        values = [float(weight_view(model, l, "W_down").matrix[d, n]) for l, d, n in cells]
+        norms = {w: weight_view(model, layer, w).matrix.float().norm(dim=1).cpu() for w in names}
+    return values, norms
 
 
 def _entry(value: torch.Tensor, index: torch.Tensor, token: torch.Tensor, tok: Callable[[int], str]) -> dict[str, Any]:
@@ -197,9 +246,9 @@ def _precursors(resid: Any, layers: list[LayerScan], dims: list[int], origin: in
     return out
 
 
-def _candidates(model: torch.nn.Module, ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> list[dict[str, Any]]:
+def _spikes(ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> list[dict[str, Any]]:
     """Per layer: the largest ``down_proj`` input spike (neuron ``n``) and output spike (dim ``d``)
-    and whether they fall on the same token; ``W_down[d, n]`` is the candidate super weight."""
+    and whether they fall on the same token."""
     out = []
     for l in range(L):
         post = ffn[f"blocks.{l}.mlp.hook_post"]
@@ -209,7 +258,7 @@ def _candidates(model: torch.nn.Module, ffn: Any, L: int, tok: Callable[[int], s
         b, p = int(post["dims"].batch[n]), int(post["dims"].position[n])
         same = b == int(down["dims"].batch[d]) and p == int(down["dims"].position[d])
         out.append({
-            "layer": l, "row": d, "col": n, "value": float(weight_view(model, l, "W_down").matrix[d, n]),
+            "layer": l, "row": d, "col": n,
             "input_spike": float(post["dims"].values[n]), "input_ratio": float(post["dims"].abs[n]) / post["stats"].median,
             "output_spike": float(down["dims"].values[d]), "output_ratio": float(down["dims"].abs[d]) / down["stats"].median,
             "same_token": same, "position": p, "token": tok(rows[b, p]),
@@ -217,28 +266,40 @@ def _candidates(model: torch.nn.Module, ffn: Any, L: int, tok: Callable[[int], s
     return out
 
 
-def _neurons_and_weights(model: torch.nn.Module, arch: Arch, rows: torch.Tensor, result: MassiveScan,
-                         top: dict[str, Any], k: int) -> None:
-    """Re-run the sequence of the strongest massive entry with full tensors of the origin layer."""
+def _candidates(spikes: list[dict[str, Any]], values: list[float]) -> list[dict[str, Any]]:
+    """The spikes with ``value`` = ``W_down[d, n]``, the candidate super weight of each layer."""
+    return [{**{key: s[key] for key in ("layer", "row", "col")}, "value": v,
+             **{key: val for key, val in s.items() if key not in ("layer", "row", "col")}}
+            for s, v in zip(spikes, values)]
+
+
+def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: MassiveScan, top: dict[str, Any],
+                         k: int, cells: list[tuple[int, int, int]], spikes: list[dict[str, Any]],
+                         opts: dict[str, Any]) -> None:
+    """Re-run the sequence of the strongest massive entry with full tensors of the origin layer,
+    then read the weights (candidates, massive-weight rows, super weight) in one call."""
     l, b, p, d = result.origin_layer, top["batch"], top["position"], top["dim"]
     points = [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out", f"blocks.{l}.mlp.hook_post",
               f"blocks.{l}.mlp.hook_out", f"blocks.{l}.hook_resid_post"]
-    with capture(model, points, reduce=Full()) as cap:
+    with capture(model, points, reduce=Full(), **opts) as cap:
         cap.run(rows[b : b + 1])
     post = cap[f"blocks.{l}.mlp.hook_post"][0, p]
     vals, idx = post.abs().topk(k)
     result.massive_neurons = idx.tolist()
     result.neuron_values = post[idx].tolist()
     up_name = "W_up" if arch.gated else "W_in"
-    norms = {}
-    for name in ([up_name, "W_gate"] if arch.gated else [up_name]):
-        m = weight_view(model, l, name).matrix
-        row_norms = m.float().norm(dim=1)
-        norms[name] = {"rows": idx.tolist(), "row_norms": row_norms[idx].tolist(),
-                       "mean_row_norm": float(row_norms.mean()), "median_row_norm": float(row_norms.median())}
-    result.massive_weights = {"layer": l, **norms}
+    names = [up_name, "W_gate"] if arch.gated else [up_name]
     n = int(idx[0])
-    result.super_weight = {"layer": l, "row": d, "col": n, "value": float(weight_view(model, l, "W_down").matrix[d, n])}
+    values, norms = call_on_model(model, read_weights, [*cells, (l, d, n)], l, names, input_ids=rows,
+                                  remote=opts["remote"])
+    result.super_weight_candidates = _candidates(spikes, values[:-1])
+    weights = {}
+    for name in names:
+        row_norms = norms[name]
+        weights[name] = {"rows": idx.tolist(), "row_norms": row_norms[idx].tolist(),
+                         "mean_row_norm": float(row_norms.mean()), "median_row_norm": float(row_norms.median())}
+    result.massive_weights = {"layer": l, **weights}
+    result.super_weight = {"layer": l, "row": d, "col": n, "value": values[-1]}
     parts = {
         "resid_pre": float(cap[f"blocks.{l}.hook_resid_pre"][0, p, d]),
         "attn_out": float(cap[f"blocks.{l}.hook_attn_out"][0, p, d]),

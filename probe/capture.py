@@ -10,14 +10,25 @@ each hook point gets its own fresh copy. Backends:
 - ``"torch"`` (default): PyTorch forward hooks on the HF modules; the fastest.
 - ``"transformer_lens"``: hooks on a TransformerLens ``TransformerBridge``. Pass a bridge as
   ``model``, or an HF model, which is deep-copied first because the bridge edits its model.
-- ``"nnsight"``: one ``model.trace`` per :meth:`Capture.run`, saving the points' tensors.
+- ``"nnsight"``: one ``model.trace`` per :meth:`Capture.run`; the reducers run inside the trace
+  (:func:`probe.backends.nnsight_reduce`), so only their states leave it. ``remote=True`` runs
+  the trace on NDIF (``model`` from :func:`probe.models.load_remote`), ``remote="local"`` runs
+  nnsight's offline simulation of that path (serialize, deserialize, run here).
 
+Several captures on one model are fed by one forward pass with :func:`run_all` (the torch
+backends: calling the model feeds every open capture; nnsight: one trace for all of them).
 Hooks are removed when the block exits, also on exceptions and Ctrl-C.
+
+Models spread over devices (``load_model(..., device_map="auto")``): every hook point has its
+own reducers, which keep their state on the device of that point's tensor; only results move to
+the CPU. The input ids go to the device of the first parameter (the CPU when that is ``meta``,
+i.e. offloaded: accelerate's hooks move them), and the padding mask handed to reducers stays on
+the CPU, which indexes a tensor on any device.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -38,10 +49,14 @@ class Capture:
         points: str | Iterable[str],
         reduce: Reducer | Mapping[str, Reducer],
         backend: str = "torch",
+        remote: bool | str = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ProbeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if remote and backend != "nnsight":
+            raise ProbeError(f"remote={remote!r} needs backend='nnsight' (got {backend!r})")
         self.backend = backend
+        self.remote = remote
         self.runner: Any = model
         if backend == "transformer_lens":
             from probe.backends import as_bridge
@@ -51,7 +66,7 @@ class Capture:
         elif backend == "nnsight":
             from probe.backends import as_nnsight
 
-            self.runner = as_nnsight(model)
+            self.runner = as_nnsight(model, remote)
             model = self.runner._module
         self.model = model
         self.points: list[HookPoint] = resolve(model, points)
@@ -61,11 +76,15 @@ class Capture:
             p.name: {key: r.fresh() for key, r in protos.items()} for p in self.points
         }
         self._handles: list[Any] = []
+        self._open = False
         self._batch = Batch()
         self.n_sequences = 0
 
     # --- context -------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
+        self._open = True
+        if self.backend == "nnsight":  # the trace feeds the reducers itself
+            return self
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._record_inputs, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._advance))
@@ -87,33 +106,15 @@ class Capture:
         self._remove()
 
     def _remove(self) -> None:
+        self._open = False
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
 
     # --- running -------------------------------------------------------------------------
-    @torch.no_grad()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         """One forward pass over ``input_ids`` ``(batch, position)`` feeding every reducer."""
-        if not self._handles:
-            raise ProbeError("Capture.run must be called inside the `with capture(...)` block")
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        if input_ids.numel() == 0:
-            raise EmptyInputError("no tokens to run: the input is empty")
-        device = _device(self.model)
-        input_ids = input_ids.to(device)
-        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
-        if self.backend == "nnsight":
-            from probe.backends import nnsight_trace
-
-            values = nnsight_trace(self.runner, self.model, self.points, input_ids, kwargs)
-            for point in self.points:
-                self._feed(point, values[point.name])
-            self.n_sequences += input_ids.shape[0]
-            self._batch = Batch(offset=self.n_sequences)
-        else:
-            self.runner(input_ids, **kwargs)
+        run_all([self], input_ids, attention_mask)
 
     # --- results -------------------------------------------------------------------------
     @property
@@ -140,8 +141,6 @@ class Capture:
             self._batch = Batch(None, self.n_sequences, None)
 
     def _advance(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.backend == "nnsight":
-            return
         tokens = self._batch.tokens
         self.n_sequences += tokens.shape[0] if tokens is not None else _batch_size(output)
 
@@ -168,10 +167,45 @@ def capture(
     points: str | Iterable[str],
     reduce: Reducer | Mapping[str, Reducer],
     backend: str = "torch",
+    remote: bool | str = False,
 ) -> Capture:
     """Capture ``points`` (names or globs, see :mod:`probe.hookpoints`) of ``model`` through
-    ``reduce``; use as a context manager."""
-    return Capture(model, points, reduce, backend)
+    ``reduce``; use as a context manager. ``remote`` (``True``: NDIF, ``"local"``: offline
+    simulation) needs ``backend="nnsight"``."""
+    return Capture(model, points, reduce, backend, remote)
+
+
+@torch.no_grad()
+def run_all(captures: Sequence[Capture], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    """One forward pass over ``input_ids`` ``(batch, position)`` feeding every reducer of every
+    capture in ``captures`` (open, on the same model, same backend)."""
+    first = captures[0]
+    for cap in captures:
+        if not cap._open:
+            raise ProbeError("Capture.run must be called inside the `with capture(...)` block")
+        if (cap.backend, cap.remote) != (first.backend, first.remote) or cap.runner is not first.runner \
+                or cap.model is not first.model:
+            raise ProbeError("run_all needs captures of one model with one backend; for nnsight, wrap the model "
+                             "once (probe.backends.as_nnsight) and capture that")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.numel() == 0:
+        raise EmptyInputError("no tokens to run: the input is empty")
+    device = torch.device("cpu") if first.remote else _device(first.model)
+    input_ids = input_ids.to(device)
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
+    if first.backend != "nnsight":
+        first.runner(input_ids, **kwargs)
+        return
+    from probe.backends import nnsight_reduce
+
+    mask = _token_mask(attention_mask, input_ids)
+    feeds = [(p, list(cap.reducers[p.name].values()), Batch(input_ids, cap.n_sequences, mask))
+             for cap in captures for p in cap.points]
+    feeds.sort(key=lambda feed: (feed[0].layer, feed[0].order))
+    nnsight_reduce(first.runner, first.model, feeds, input_ids, kwargs, first.remote)
+    for cap in captures:
+        cap.n_sequences += input_ids.shape[0]
 
 
 def _register(point: HookPoint, fn: Callable[..., None]) -> Any:
@@ -189,8 +223,9 @@ class _TLHandle:
 
 
 def _token_mask(mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
+    """Padding mask on the CPU: a CPU index works on tensors of every device (``device_map``)."""
     if isinstance(mask, torch.Tensor) and mask.shape == ids.shape and not bool(mask.all()):
-        return mask.to(torch.bool)
+        return mask.to("cpu", torch.bool)
     return None
 
 
@@ -202,4 +237,6 @@ def _batch_size(output: Any) -> int:
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where input ids go: the first parameter's device; the CPU if that is ``meta`` (offloaded)."""
+    device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device

@@ -9,6 +9,14 @@
 - an HF hub id (``org/name``), from the local HF cache; downloading needs ``allow_download=True``.
 
 The cache lives in ``$PROBE_CACHE``, else ``$XDG_CACHE_HOME/probe``, else ``~/.cache/probe``.
+
+Large models: ``load_model(spec, dtype="bfloat16", device_map="auto")`` lets accelerate spread
+the layers over every visible GPU (then CPU RAM, then disk with ``offload_folder``); the model is
+not moved afterwards. Weights take 2 bytes per parameter in bf16 (8B: 16 GB, 70B: 141 GB,
+405B: 812 GB); a forward pass adds its activations (a scan of 8 x 128 tokens: about 0.6 GB on
+8B, 1 GB on 70B; perplexity: about 3-4 GB per 2048-token row, mostly float32 logits). Models
+too large for the machine can be scanned on NDIF: :func:`load_remote` builds an nnsight model
+of a hub id without downloading its weights, for ``remote=True`` runs.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import torch
 from torch import nn
 
 from probe.arch import Arch, arch_for
-from probe.errors import UnknownModelError
+from probe.errors import ProbeError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -97,10 +105,16 @@ def load_model(
     allow_download: bool = False,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (see module docstring) in eval mode; float32 on the CPU unless told otherwise.
 
-    ``attn_implementation="eager"`` is needed to capture ``attn.hook_pattern``.
+    ``attn_implementation="eager"`` is needed to capture ``attn.hook_pattern``. ``device_map``
+    (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of module name -> device) is handed to
+    ``from_pretrained`` (accelerate places the layers; give ``offload_folder`` for disk offload)
+    and replaces ``device``, which must then stay ``"cpu"``; the placement is in
+    ``model.hf_device_map``.
     """
     import transformers  # noqa: F401  (imported before the clock starts: the load time is the load's)
 
@@ -108,6 +122,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        if str(device) != "cpu":
+            raise ProbeError(f"give device ({device!r}) or device_map ({device_map!r}), not both")
+        kwargs["device_map"] = device_map
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
     name = ALIASES.get(spec.lower(), spec.lower()) if spec else ""
     notes: list[str] = []
     if name in EMBEDDED:
@@ -128,8 +148,46 @@ def load_model(
     model, tokenizer = _from_pretrained(str(directory), kwargs)
     if hub_id:
         tokenizer.name_or_path = hub_id
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    else:
+        notes.append(f"device_map={device_map if isinstance(device_map, str) else 'dict'}: " + _placement(model))
+    model.eval()
     return LoadedModel(model, tokenizer, arch_for(model), spec, str(directory), time.perf_counter() - start, notes)
+
+
+def load_remote(repo_id: str, *, revision: str | None = None) -> LoadedModel:
+    """An nnsight ``TransformersModel`` of the hub model ``repo_id`` for runs on NDIF (``remote=True``).
+
+    The architecture is built on the meta device from the hub config and the tokenizer is
+    fetched (both need the hub; gated models such as Llama need ``HF_TOKEN``); the weights are
+    never downloaded. Remote runs authenticate with ``NDIF_API_KEY`` (or ``nnsight.CONFIG``).
+    ``LoadedModel.model`` is the nnsight model; ``arch`` is resolved from its meta module.
+    Example: ``lm = load_remote("meta-llama/Meta-Llama-3.1-70B")``, then
+    ``analyses.massive.scan(lm.model, lm.tokenizer, backend="nnsight", remote=True)``.
+    """
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    with _quiet_transformers():
+        try:  # the tokenizer is passed in: nnsight 0.8's meta pipeline cannot infer it under transformers 5
+            tokenizer = AutoTokenizer.from_pretrained(repo_id, revision=revision)
+            model = TransformersModel(repo_id, task="text-generation", revision=revision, tokenizer=tokenizer)
+        except OSError as exc:
+            raise UnknownModelError(f"cannot read the config or tokenizer of {repo_id!r} from the hub: {exc}") from None
+    notes = [f"meta model of {repo_id}: weights stay on the NDIF server"]
+    return LoadedModel(model, model.tokenizer, arch_for(model._module), repo_id, f"ndif:{repo_id}",
+                       time.perf_counter() - start, notes)
+
+
+def _placement(model: nn.Module) -> str:
+    """``hf_device_map`` summarised as device -> number of modules."""
+    placed = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
+    counts: dict[str, int] = {}
+    for device in placed.values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return ", ".join(f"{device}: {n} module(s)" for device, n in counts.items())
 
 
 def available_models() -> list[str]:

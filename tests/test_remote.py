@@ -1,0 +1,113 @@
+"""Remote execution through nnsight: ``remote="local"`` (nnsight's offline simulation of NDIF)
+gives the native results, on the same object ``remote=True`` would use (``load_remote``)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import pytest
+import torch
+
+from analyses.massive import scan
+from probe import DimMax, Exceed, Full, MaxMedian, ProbeError, TopK, capture
+from probe.models import load_remote
+
+SCAN = dict(name="smollm2", n_seqs=2, seq_len=32, batch_size=1)  # two requests: state travels between them
+
+
+class _NotOnServer:
+    """Import blocker: ``probe`` and ``analyses`` are not installed on an NDIF server."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("probe", "analyses"):
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on the server)")
+        return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def strict_simulation():
+    """nnsight's simulation hides local modules from ``sys.path``/``sys.modules`` while it
+    deserializes, but an editable install is found by a meta-path finder; block that too, so a
+    pass means the request carries our code by value, as NDIF needs."""
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    hide, restore = LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore
+    blocker = _NotOnServer()
+
+    def strict_hide(self):
+        hidden = hide(self)
+        sys.meta_path.insert(0, blocker)
+        return hidden
+
+    def strict_restore(self, hidden):
+        sys.meta_path.remove(blocker)
+        restore(self, hidden)
+
+    LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore = strict_hide, strict_restore
+    yield
+    LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore = hide, restore
+
+
+@pytest.fixture(scope="module")
+def remote_lm(smol):
+    """``load_remote`` of the embedded model's folder: a meta model, loaded by its first trace."""
+    lm = load_remote(smol.source)
+    assert {p.device.type for p in lm.model._module.parameters()} == {"meta"}  # no weights until used
+    return lm
+
+
+@pytest.fixture(scope="module")
+def native(smol):
+    return scan(smol.model, smol.tokenizer, **SCAN)
+
+
+def test_remote_local_scan_equals_native_scan(native, remote_lm):
+    simulated = scan(remote_lm.model, remote_lm.tokenizer, backend="nnsight", remote="local", **SCAN)
+    assert native.origin_layer == 11 and native.super_weight is not None
+    assert simulated.to_dict() == native.to_dict()  # exact: same fp32 forward, same reducer code
+
+
+def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm):
+    points = ["blocks.*.hook_resid_post", "blocks.2.mlp.hook_post"]
+    reduce = {"top": TopK(5), "stats": MaxMedian(), "dims": DimMax(), "big": Exceed(50.0), "full": Full()}
+    mask = torch.ones_like(smol_ids)
+    mask[1, -3:] = 0  # padding on the second row
+    results = []
+    for model, opts in ((smol.model, {}), (remote_lm.model, {"backend": "nnsight", "remote": "local"})):
+        with capture(model, points, reduce=reduce, **opts) as cap:
+            cap.run(smol_ids[:1])
+            cap.run(smol_ids[1:], attention_mask=mask[1:])
+        results.append(cap.results)
+    ours, theirs = results
+    assert ours.keys() == theirs.keys() and len(ours) == 31
+    for name in ours:
+        a, b = ours[name], theirs[name]
+        for key in ("top", "big"):
+            assert torch.equal(a[key].values, b[key].values) and torch.equal(a[key].indices, b[key].indices)
+            assert torch.equal(a[key].tokens, b[key].tokens)
+        assert (a["stats"].max, a["stats"].median) == (b["stats"].max, b["stats"].median)
+        assert torch.equal(a["stats"].histogram, b["stats"].histogram)
+        assert torch.equal(a["dims"].values, b["dims"].values) and torch.equal(a["dims"].position, b["dims"].position)
+        assert torch.equal(a["full"], b["full"])
+    assert ours["blocks.5.hook_resid_post"]["stats"].count == (smol_ids.numel() - 3) * 576  # padding left out
+
+
+def test_the_simulation_catches_code_the_server_lacks(smol_ids, remote_lm, monkeypatch):
+    import probe.backends
+
+    monkeypatch.setattr(probe.backends, "shipped", lambda *packages: contextlib.nullcontext())
+    with pytest.raises(ModuleNotFoundError, match="probe"):
+        with capture(remote_lm.model, "blocks.0.hook_resid_post", reduce=TopK(1), backend="nnsight", remote="local") as cap:
+            cap.run(smol_ids[:1, :4])
+
+
+def test_remote_needs_nnsight_and_a_served_model(smol):
+    with pytest.raises(ProbeError, match="backend='nnsight'"):
+        capture(smol.model, "blocks.0.hook_resid_post", reduce=TopK(1), remote="local")
+    with pytest.raises(ProbeError, match="load_remote"):
+        capture(smol.model, "blocks.0.hook_resid_post", reduce=TopK(1), backend="nnsight", remote=True)
+    with pytest.raises(ProbeError, match="remote must be"):
+        scan(smol.model, smol.tokenizer, backend="nnsight", remote="yes")
+    with pytest.raises(ProbeError, match="'torch' or 'nnsight'"):
+        scan(smol.model, smol.tokenizer, backend="transformer_lens")

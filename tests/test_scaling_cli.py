@@ -1,0 +1,46 @@
+"""The offline equivalents of the README's "Scaling up" commands give the plain results:
+``--remote local`` (nnsight's simulation of NDIF) and ``--device-map auto`` scans equal the
+plain scan; ``probe ablate --ray local`` equals the serial table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = str(Path(sys.executable).parent / "probe")
+SCAN = ["scan", "--model", "smollm2", "--n-seqs", "2", "--seq-len", "32", "--json"]
+ABLATE = ["ablate", "--model", "smollm2", "--mode", "zero", "--sweep", "1,5", "--eval-seqs", "2", "--eval-len", "64", "--json"]
+
+
+def probe(*args: str) -> dict:
+    r = subprocess.run([PROBE, *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def plain_scan() -> dict:
+    return probe(*SCAN)
+
+
+def test_remote_local_scan_equals_the_plain_scan(plain_scan):
+    assert probe(*SCAN, "--remote", "local") == plain_scan
+
+
+def test_device_map_auto_scan_equals_the_plain_scan(plain_scan):
+    assert probe(*SCAN, "--device-map", "auto") == plain_scan
+
+
+def test_ray_ablation_equals_the_serial_one():
+    serial = probe(*ABLATE)
+    assert probe(*ABLATE, "--ray", "local", "--workers", "2") == serial
+    assert serial["results"][1]["ratio"] > 1.5  # zeroing the 5 massive weights hurts
+
+
+def test_bad_remote_is_refused():
+    r = subprocess.run([PROBE, *SCAN, "--remote", "cloud"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--remote must be ndif or local" in r.stderr
