@@ -106,3 +106,13 @@ def test_dora_trains_magnitudes_and_leaves_the_base_weights(smol):
         if plain in before:  # frozen pre-trained weights, restored after every MacDrop step
             assert torch.equal(p, before[plain]), name
     assert all(math.isfinite(e["loss"]) for e in log.evals) and all(math.isfinite(r["loss"]) for r in log.train)
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    probe = str(Path(sys.executable).parent / "probe")
+    r = subprocess.run([probe, "finetune", "--macdrop", "cosine", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "schedule" in r.stderr and not (tmp_path / "x").exists()
+    r = subprocess.run([probe, "finetune", "--track", "lid,entropy", "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--track" in r.stderr and not (tmp_path / "y").exists()
