@@ -360,11 +360,11 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a LoRA/DoRA adapter with MacDrop on the massive weights; save the adapter, the log and a report."""
     from datetime import date
-    from pathlib import Path
 
     from analyses.finetune import TRACKS, FinetuneConfig, finetune, save
     from analyses.massive import scan
     from analyses.macdrop import schedule
+    from analyses.report import new_folder
     from analyses.sections import header
 
     from probe.errors import ProbeError
@@ -373,9 +373,7 @@ def finetune_cmd(
     tracked = tuple(t for t in track.split(",") if t)
     if set(tracked) - set(TRACKS):
         raise ProbeError(f"--track {track!r}: choose from {', '.join(TRACKS)}")
-    out = Path(out_dir or f"figures/finetune-{macdrop}-{date.today()}")
-    if out.exists():
-        raise ProbeError(f"{out} exists; choose a new --out folder")
+    out = new_folder(out_dir or f"figures/finetune-{macdrop}-{date.today()}")  # checked before the long run
     corpus = "stdlib" if data == "builtin" else data
     cfg = FinetuneConfig(method=method, macdrop=macdrop, p0=p0, k=k, steps=steps, eval_every=eval_every,
                          corpus=corpus, track=tracked, tasks=tuple(t for t in tasks.split(",") if t), task_limit=limit,
@@ -434,16 +432,13 @@ def grok_cmd(
     """Grokking demo: a small transformer learns (a + b) mod p from scratch; train/test accuracy
     and the mean LID of its hidden states, written as a report."""
     from datetime import date
-    from pathlib import Path
 
     from analyses.grokking import GrokConfig, grok, save
-    from probe.errors import ProbeError
+    from analyses.report import new_folder
 
     cfg = GrokConfig(p=p, train_frac=train_frac, steps=steps, eval_every=eval_every, weight_decay=weight_decay, seed=seed)
     cfg.validate()
-    out = Path(out_dir or f"figures/grokking-{date.today()}")
-    if out.exists():
-        raise ProbeError(f"{out} exists; choose a new --out folder")
+    out = new_folder(out_dir or f"figures/grokking-{date.today()}")  # checked before the long run
     with _progress(quiet, "training", steps) as advance:
         log = grok(cfg, progress=advance)
     save(log, out)

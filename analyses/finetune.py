@@ -35,8 +35,8 @@ from analyses.collapse import CollapseStats
 from analyses.evaluate import eval_rows, perplexity
 from analyses.finetune_report import finetune_section
 from analyses.lid import LocalTwoNN
-from analyses.macdrop import MacDrop, schedule
-from analyses.report import write_csv, write_report
+from analyses.macdrop import MacDrop, base_model, schedule
+from analyses.report import new_folder, write_csv, write_report
 from analyses.tasks import OFFLINE_TASKS, zero_shot
 from probe.arch import n_layers
 from probe.capture import capture
@@ -109,16 +109,16 @@ def train_rows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
 def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConfig) -> dict[str, Any]:
     """Held-out loss and perplexity, and the tracked metrics of the module docstring."""
     model.eval()
-    ppl = perplexity(model, rows)
-    out: dict[str, Any] = {"loss": ppl.nll, "ppl": ppl.ppl}
+    base = base_model(model)  # the adapters are injected in it: its forward is the adapted model's
     if not set(TRACKS) & set(cfg.track):
-        return out
-    base = _base(model)
+        ppl = perplexity(base, rows)
+        return {"loss": ppl.nll, "ppl": ppl.ppl}
     last = n_layers(base) - 1
     points = [f"blocks.{layer}.hook_resid_post", f"blocks.{last}.hook_resid_post"]
     with capture(base, points, reduce=Full()) as cap:
-        cap.run(rows)
+        ppl = perplexity(base, rows)  # one forward pass gives the loss and feeds the captures
         full = cap.results
+    out: dict[str, Any] = {"loss": ppl.nll, "ppl": ppl.ppl}
     if "massive" in cfg.track:
         out["massive"] = float(full[points[0]].abs().max())
     if "lid" in cfg.track:
@@ -137,12 +137,6 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
     return out
 
 
-def _base(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft model (the adapters are injected in it): what hooks
-    and lm-eval see."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg: FinetuneConfig,
              progress: Callable[[int], None] | None = None) -> tuple[nn.Module, FinetuneLog]:
     """Fine-tune an adapter on a copy of ``model`` (the caller's model is left untouched) with
@@ -156,7 +150,7 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg:
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     log = FinetuneLog(asdict(cfg), layer, rows[: cfg.k])
     if cfg.tasks:
-        log.zero_shot["before"] = zero_shot(_base(peft_model).eval(), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
+        log.zero_shot["before"] = zero_shot(base_model(peft_model).eval(), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     log.evals.append({"step": 0, **evaluate(peft_model, held_out, layer, cfg)})
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
     for t in range(cfg.steps):
@@ -175,7 +169,7 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg:
             progress(1)
     peft_model.eval()
     if cfg.tasks:
-        log.zero_shot["after"] = zero_shot(_base(peft_model), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
+        log.zero_shot["after"] = zero_shot(base_model(peft_model), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     return peft_model, log
 
 
@@ -185,9 +179,7 @@ def save(peft_model: nn.Module, log: FinetuneLog, out_dir: str | os.PathLike[str
     ``results.json`` (the log), ``train.csv`` and ``eval.csv``, and ``report.html`` with the
     curves; all built in a temporary sibling folder and renamed into place
     (:func:`analyses.report.write_report`), so an interrupted run leaves nothing."""
-    out = Path(out_dir)
-    if out.exists():
-        raise ProbeError(f"{out} exists; choose a new --out folder")
+    out = new_folder(out_dir)
 
     def files(folder: Path) -> None:
         peft_model.save_pretrained(folder / "adapter", safe_serialization=True)

@@ -45,7 +45,7 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from analyses.lid import LocalTwoNN
-from analyses.report import Section, write_csv, write_report
+from analyses.report import Section, new_folder, write_csv, write_report
 from probe.errors import ProbeError
 
 __all__ = ["GrokConfig", "GrokLog", "Transformer", "split", "eval_steps", "grok", "save"]
@@ -257,9 +257,7 @@ def grok(cfg: GrokConfig, progress: Callable[[int], None] | None = None) -> Grok
 def save(log: GrokLog, out_dir: str | os.PathLike[str]) -> Path:
     """Write the new folder ``out_dir``: ``results.json`` (the log), ``evals.csv`` and
     ``report.html`` with the figure, atomically (:func:`analyses.report.write_report`)."""
-    out = Path(out_dir)
-    if out.exists():
-        raise ProbeError(f"{out} exists; choose a new output folder or remove it")
+    out = new_folder(out_dir)
     c, first, last = log.config, log.evals[0], log.evals[-1]
     text = (f"(a + b) mod {c['p']}, {c['train_frac']:.0%} of the pairs for training, {c['steps']} full-batch steps "
             f"in {log.seconds:.0f} s. Train accuracy reached 0.99 at step {log.step_train_fit or '(not reached)'}, "

@@ -57,8 +57,9 @@ def schedule(kind: str, p0: float = 0.8, total_steps: int = 1, alpha: float = 0.
     return lambda t: 0.0
 
 
-def _base(model: nn.Module) -> nn.Module:
-    """The pre-trained model under a peft wrapper (or the model itself)."""
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the model itself). The adapters are
+    injected in it, so its forward is the adapted model's; hooks and lm-eval see it."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -70,7 +71,7 @@ class MacDrop:
     """
 
     def __init__(self, model: nn.Module, layer: int, rows: list[int], p: Callable[[int], float], seed: int = 0) -> None:
-        base = _base(model)
+        base = base_model(model)
         L = n_layers(base)
         if not 0 <= layer < L:
             raise LayerError(f"layer {layer} out of range 0..{L - 1}")

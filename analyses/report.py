@@ -152,6 +152,16 @@ between them can pair an old report with new results). Any exception
     return out / REPORT_NAME
 
 
+def new_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` if nothing is there yet; a run never writes over an earlier one."""
+    from probe.errors import ProbeError
+
+    out = Path(path)
+    if out.exists():
+        raise ProbeError(f"{out} exists; choose a new --out folder")
+    return out
+
+
 def write_csv(path: Path, rows: list[Mapping[str, Any]]) -> None:
     """``rows`` (dicts with the same keys) as a CSV file with a header line."""
     with open(path, "w", newline="") as f:
