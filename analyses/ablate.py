@@ -8,6 +8,10 @@ A :class:`Plan` names one edit (House of Cards, arXiv 2410.01866, §3-4; Sun et 
 - ``super``: zero the single weight ``W_down[dim, neuron]``;
 - ``residual-zero`` / ``residual-mean``: set the residual stream at the massive (position, dim)
   after ``layer`` to zero / to the mean of the massive values seen in the scan.
+
+With ``backend="nnsight"`` (and ``remote``, for NDIF or its offline simulation) the plans run as
+interventions on the activations inside the trace instead of weight edits, with the same
+results (:mod:`analyses.intervene`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from analyses.evaluate import perplexity
 from analyses.massive import MassiveScan
 from probe.arch import arch_for, d_ff
+from probe.backends import as_nnsight, check_remote, hf_module
 from probe.capture import capture
 from probe.edit import edit_residual, keep_rows, zero_rows
 from probe.display import Figured
@@ -72,9 +77,10 @@ def applied(model: nn.Module, plan: Plan) -> Iterator[None]:
         yield
 
 
-def neurons_at(model: nn.Module, rows: torch.Tensor, layer: int, batch: int, position: int, k: int) -> list[int]:
+def neurons_at(model: nn.Module, rows: torch.Tensor, layer: int, batch: int, position: int, k: int,
+               backend: str = "torch", remote: bool | str = False) -> list[int]:
     """The ``k`` intermediate dims with the largest ``|value|`` at ``layer`` for one token."""
-    with capture(model, f"blocks.{layer}.mlp.hook_post", reduce=Full()) as cap:
+    with capture(model, f"blocks.{layer}.mlp.hook_post", reduce=Full(), backend=backend, remote=remote) as cap:
         cap.run(rows[batch : batch + 1, : position + 1])
     return cap[f"blocks.{layer}.mlp.hook_post"][0, position].abs().topk(k).indices.tolist()
 
@@ -97,12 +103,13 @@ def resolve_layer(result: MassiveScan, layer: str | int) -> int:
 
 
 def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: str, ks: list[int],
-               layer: str | int = "auto", seeds: int = 3) -> list[Plan]:
-    """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed)."""
+               layer: str | int = "auto", seeds: int = 3, backend: str = "torch", remote: bool | str = False) -> list[Plan]:
+    """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed). ``backend`` and
+    ``remote`` are those of the capture that finds the top neurons of a layer other than the origin."""
     if mode not in MODES:
         raise ProbeError(f"unknown ablation mode {mode!r}; choose one of {', '.join(MODES)}")
     l = resolve_layer(result, layer)
-    width = d_ff(model)
+    width = d_ff(hf_module(model))
     for k in ks:
         if not 1 <= k <= width:
             raise ProbeError(f"k={k} is out of range 1..{width}")
@@ -111,7 +118,7 @@ def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: 
                  if (e["position"], e["token"]) == (carrier["position"], carrier["token"]))
     kmax = max(ks)
     top = list(result.massive_neurons) if l == result.origin_layer and kmax <= len(result.massive_neurons) else \
-        neurons_at(model, rows, l, entry["batch"], entry["position"], kmax)
+        neurons_at(model, rows, l, entry["batch"], entry["position"], kmax, backend, remote)
     plans: list[Plan] = []
     for k in ks:
         if mode in ("zero", "retain"):
@@ -143,13 +150,27 @@ class Ablation(dict, Figured):
 
 
 def measure(model: nn.Module, eval_rows: torch.Tensor, plan: Plan | None = None, tokenizer: Any = None,
-            tasks: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+            tasks: list[str] | None = None, limit: int | None = None, backend: str = "torch",
+            remote: bool | str = False) -> dict[str, Any]:
     """One evaluation of ``model`` with ``plan`` applied (``None``: as it is), restored on return:
     :class:`analyses.evaluate.Perplexity` as a dict, plus ``tasks`` (zero-shot accuracies through
     lm-eval, :func:`analyses.tasks.zero_shot`) when ``tasks`` are given. The unit of work of
-    :func:`run_plans` and of the Ray workers of :mod:`analyses.sweep`."""
+    :func:`run_plans` and of the Ray workers of :mod:`analyses.sweep`.
+
+    ``backend="nnsight"``: the plan runs as interventions inside traces, ``remote`` ones
+    (``True``: NDIF, ``"local"``: its simulation) included (:func:`analyses.intervene.traced_perplexity`);
+    perplexity only."""
     from analyses.tasks import zero_shot
 
+    if backend == "nnsight":
+        from analyses.intervene import traced_perplexity
+
+        if tasks:
+            raise ProbeError("zero-shot tasks run lm-eval on a model in this process; with backend nnsight "
+                             "(or remote) evaluate perplexity only (--eval ppl)")
+        return traced_perplexity(model, eval_rows, plan, remote, tokenizer).to_dict()
+    if backend != "torch" or remote:
+        raise ProbeError(f"ablations run on backend 'torch' or 'nnsight' (remote needs nnsight), not {backend!r}")
     with applied(model, plan) if plan is not None else nullcontext():
         row: dict[str, Any] = perplexity(model, eval_rows).to_dict()
         if tasks:
@@ -168,16 +189,21 @@ def tabulate(baseline: dict[str, Any], plans: list[Plan], measured: list[dict[st
 
 
 def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
-              tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None) -> Ablation:
+              tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None,
+              backend: str = "torch", remote: bool | str = False) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
     through lm-eval when given) and restored: a tidy table, one row per plan.
-    :func:`analyses.sweep.run_plans_ray` gives the same table, the plans spread over Ray workers."""
-    baseline = measure(model, eval_rows, None, tokenizer, tasks, limit)
+    :func:`analyses.sweep.run_plans_ray` gives the same table, the plans spread over Ray workers;
+    ``backend="nnsight"`` with ``remote`` gives it for a model on NDIF (see :func:`measure`)."""
+    if backend == "nnsight":
+        model = as_nnsight(model, check_remote(remote), tokenizer)
+    opts = dict(tokenizer=tokenizer, tasks=tasks, limit=limit, backend=backend, remote=remote)
+    baseline = measure(model, eval_rows, None, **opts)
     if progress:
         progress(1)
     measured = []
     for plan in plans:
-        measured.append(measure(model, eval_rows, plan, tokenizer, tasks, limit))
+        measured.append(measure(model, eval_rows, plan, **opts))
         if progress:
             progress(1)
     return tabulate(baseline, plans, measured)

@@ -30,6 +30,10 @@ CorpusOpt = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl fil
 SeqLenOpt = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included.")
 DeviceMapOpt = typer.Option(None, "--device-map", help="auto, balanced or sequential: accelerate spreads the layers over "
                                                        "the GPUs (then CPU RAM); replaces --device.")
+BackendOpt = typer.Option("torch", "--backend", help="torch (hooks, weight edits) or nnsight (reductions and edits inside "
+                                                     "the trace).")
+RemoteOpt = typer.Option(None, "--remote", help="ndif: run on NDIF (the hub id's weights stay there; NDIF_API_KEY); "
+                                                "local: nnsight's offline simulation of it. Implies --backend nnsight.")
 
 
 @app.command()
@@ -84,9 +88,8 @@ def scan_cmd(
     k: int = typer.Option(5, "--k", help="Number of massive neurons / weights."),
     ratio: float = typer.Option(1000.0, "--ratio", help="Massive if |v| > ratio x the layer median ..."),
     abs_threshold: float = typer.Option(100.0, "--abs", help="... and |v| > this."),
-    backend: str = typer.Option("torch", "--backend", help="torch (hooks) or nnsight (reductions inside the trace)."),
-    remote: Optional[str] = typer.Option(None, "--remote", help="ndif: run on NDIF (the hub id's weights stay there; "
-                                                                 "NDIF_API_KEY); local: nnsight's offline simulation of it."),
+    backend: str = BackendOpt,
+    remote: Optional[str] = RemoteOpt,
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     device_map: Optional[str] = DeviceMapOpt,
@@ -98,27 +101,17 @@ def scan_cmd(
     from analyses.massive import scan
 
     from probe.arch import d_ff
+    from probe.backends import hf_module
     from probe.errors import ProbeError
 
     if k < 1:
         raise ProbeError(f"--k must be at least 1, got {k}")
-    if remote not in (None, "ndif", "local"):
-        raise ProbeError(f"--remote must be ndif or local, not {remote!r}")
-    if remote:
-        backend = "nnsight"
-    if remote == "ndif":
-        from probe.models import load_remote
-
-        loaded = load_remote(model)
-    else:
-        loaded = _load(model, dtype, device, download, trust_remote_code, device_map)
-    module = getattr(loaded.model, "_module", loaded.model)
-    if k > d_ff(module):
-        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(module)}")
+    loaded, backend, where = _load_for(model, backend, remote, dtype, device, download, trust_remote_code, device_map)
+    if k > d_ff(hf_module(loaded.model)):
+        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(hf_module(loaded.model))}")
     with _progress(as_json, "scanning", n_seqs) as advance:
         result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k,
-                      ratio=ratio, abs_threshold=abs_threshold, progress=advance, backend=backend,
-                      remote={"ndif": True, "local": "local", None: False}[remote])
+                      ratio=ratio, abs_threshold=abs_threshold, progress=advance, backend=backend, remote=where)
     if as_json:
         print(json.dumps(result.to_dict()))
         return
@@ -148,6 +141,8 @@ def ablate_cmd(
     workers: int = typer.Option(2, "--workers", help="Ray workers (each loads the model once)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs Ray reserves per worker (give 1, or the node's "
                                                                           "GPU count with --device-map auto, on GPU nodes)."),
+    backend: str = BackendOpt,
+    remote: Optional[str] = RemoteOpt,
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     device_map: Optional[str] = DeviceMapOpt,
@@ -170,11 +165,15 @@ def ablate_cmd(
         ks = [int(v) for v in sweep.split(",")] if sweep else [k]
     except ValueError:
         raise ProbeError(f"--sweep must be comma-separated integers, not {sweep!r}") from None
-    loaded = _load(model, dtype, device, download, trust_remote_code, device_map)
+    if (backend == "nnsight" or remote) and (ray or task_list):
+        raise ProbeError(f"--{'ray' if ray else 'eval tasks'} needs the weights in this process (or on Ray workers); "
+                         "with --backend nnsight or --remote the ablations run as interventions and evaluate --eval ppl only")
+    loaded, backend, where = _load_for(model, backend, remote, dtype, device, download, trust_remote_code, device_map)
+    opts = dict(backend=backend, remote=where)
     with _progress(as_json, "scanning", 16) as advance:
-        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance)
+        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance, **opts)
     rows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=128, n_seqs=16)
-    plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds)
+    plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds, **opts)
     ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
     with _progress(as_json, "evaluating", len(plans) + 1) as advance:
         if ray:
@@ -186,7 +185,7 @@ def ablate_cmd(
                                   tasks=task_list, limit=limit, progress=advance, gpus_per_worker=gpus_per_worker)
         else:
             table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
-                              limit=limit)
+                              limit=limit, **opts)
     table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
     if as_json:
         print(json.dumps(table))
@@ -529,6 +528,31 @@ def _load(model: str, dtype: Optional[str], device: str, download: bool, trust_r
 
     return load_model(model, dtype=dtype, device=device, allow_download=download, trust_remote_code=trust_remote_code,
                       device_map=device_map)
+
+
+def _load_for(model: str, backend: str, remote: Optional[str], dtype: Optional[str], device: str, download: bool,
+              trust_remote_code: bool, device_map: Optional[str]) -> tuple[Any, str, bool | str]:
+    """The model for ``--backend``/``--remote``, the backend and the ``remote`` argument of the API:
+    NDIF's copy (``ndif``: nothing downloaded), or the model loaded here, wrapped once for nnsight."""
+    import dataclasses
+
+    from probe.errors import ProbeError
+
+    if remote not in (None, "ndif", "local"):
+        raise ProbeError(f"--remote must be ndif or local, not {remote!r}")
+    if backend not in ("torch", "nnsight"):
+        raise ProbeError(f"--backend must be torch or nnsight, not {backend!r}")
+    where: bool | str = {"ndif": True, "local": "local", None: False}[remote]
+    if remote == "ndif":
+        from probe.models import load_remote
+
+        return load_remote(model), "nnsight", where
+    loaded = _load(model, dtype, device, download, trust_remote_code, device_map)
+    if remote or backend == "nnsight":
+        from probe.backends import as_nnsight
+
+        loaded = dataclasses.replace(loaded, model=as_nnsight(loaded.model, where, loaded.tokenizer))
+    return loaded, "nnsight" if remote else backend, where
 
 
 def _load_array(path: str) -> "Any":

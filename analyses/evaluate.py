@@ -33,6 +33,12 @@ class Perplexity:
     seq_len: int
     n_seqs: int
 
+    @classmethod
+    def of(cls, total: float, count: int, corpus: str, rows: torch.Tensor) -> "Perplexity":
+        """From the summed negative log-likelihood ``total`` of ``count`` scored tokens of ``rows``."""
+        mean = total / count
+        return cls(math.exp(mean), mean, count, corpus, rows.shape[1], rows.shape[0])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -40,6 +46,14 @@ class Perplexity:
 def eval_rows(tokenizer: Any, corpus: str = "stdlib", seq_len: int = 256, n_seqs: int = 16) -> torch.Tensor:
     """The evaluation rows of the protocol in the module docstring."""
     return token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
+
+
+def sum_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """``-sum_rows sum_{t>=1} log softmax(logits[t-1])[token_t]`` for one batch (a 0-d tensor;
+    computed in float32). Also runs inside nnsight traces (:mod:`analyses.intervene`)."""
+    logits = logits[:, :-1].float()
+    targets = batch[:, 1:].to(logits.device)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
 
 
 @torch.no_grad()
@@ -55,11 +69,8 @@ def perplexity(
     total, count = 0.0, 0
     for start in range(0, rows.shape[0], batch_size):
         batch = rows[start : start + batch_size].to(device)
-        logits = model(batch).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total += float(nll)
+        total += float(sum_nll(model(batch).logits, batch))
         count += batch[:, 1:].numel()
         if progress:
             progress(batch.shape[0])
-    mean = total / count
-    return Perplexity(math.exp(mean), mean, count, corpus, rows.shape[1], rows.shape[0])
+    return Perplexity.of(total, count, corpus, rows)

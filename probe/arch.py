@@ -215,13 +215,21 @@ class WeightView:
     """A named FFN matrix in ``nn.Linear`` layout, addressed inside its real parameter.
 
     ``rows(idx)`` returns a view of the parameter's storage holding rows ``idx`` of the logical
-    matrix, so in-place edits on it edit the model.
+    matrix, so in-place edits on it edit the model. ``module`` is the projection that owns it:
+    row ``n`` of the matrix is output ``row_offset + n`` of ``module``.
     """
 
     param: nn.Parameter
     transposed: bool
     row_offset: int
     n_rows: int
+    module: nn.Module | None = None
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias entries of the matrix's rows (``None`` when the projection has no bias)."""
+        bias = getattr(self.module, "bias", None)
+        return None if bias is None else bias.data.narrow(0, self.row_offset, self.n_rows)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -242,7 +250,7 @@ def weight_view(model: nn.Module, index: int, name: str, arch: Arch | None = Non
     arch = arch or arch_for(model)
     if name in ("W_down", "W_out"):
         module = submodule(model, index, "down", arch)
-        return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch))
+        return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch), module)
     if name == "W_gate" and not arch.gated:
         raise UnsupportedArchitectureError(f"{arch.name} has a non-gated MLP: use W_in (or W_up), not W_gate")
     if name not in ("W_gate", "W_up", "W_in"):
@@ -250,9 +258,9 @@ def weight_view(model: nn.Module, index: int, name: str, arch: Arch | None = Non
     if arch.fused_gate_up:
         module = submodule(model, index, "up", arch)
         half = _out_features(module.weight, arch) // 2
-        return WeightView(module.weight, arch.conv1d, 0 if name == "W_gate" else half, half)
+        return WeightView(module.weight, arch.conv1d, 0 if name == "W_gate" else half, half, module)
     module = submodule(model, index, "gate" if name == "W_gate" else "up", arch)
-    return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch))
+    return WeightView(module.weight, arch.conv1d, 0, _out_features(module.weight, arch), module)
 
 
 def _out_features(weight: torch.Tensor, arch: Arch) -> int:

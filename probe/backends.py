@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import sys
 import weakref
 from contextlib import contextmanager
@@ -130,7 +131,19 @@ def shipped(*packages: str) -> Iterator[None]:
         _PICKLE_BY_VALUE_MODULES.difference_update(added)
 
 
-def _portable(point: HookPoint) -> HookPoint:
+def envoy_at(wrapped: Any, path: str) -> Any:
+    """The envoy of ``wrapped`` at the dotted module ``path`` (``""``: ``wrapped`` itself). A
+    submodule named like an nnsight attribute (BERT's ``output``) is served as ``E_output``."""
+    from nnsight.intervention.envoy import Envoy
+
+    envoy = wrapped
+    for part in path.split(".") if path else []:
+        served = inspect.isdatadescriptor(getattr(Envoy, part, None))
+        envoy = getattr(envoy, Envoy.OVERLOAD_PREFIX + part if served else part)
+    return envoy
+
+
+def portable(point: HookPoint) -> HookPoint:
     """``point`` without its module references, so it pickles as plain data."""
     return dataclasses.replace(point, module=None, flat_block=None)  # type: ignore[arg-type]
 
@@ -152,16 +165,14 @@ def nnsight_reduce(
 
     paths = module_paths(root)
     lead = tuple(input_ids.shape)
-    plan = [(paths[id(p.module)], _portable(p), p.flat_block is not None, list(rs), b, [_PLACES.get(r, {}) for r in rs])
+    plan = [(paths[id(p.module)], portable(p), p.flat_block is not None, list(rs), b, [_PLACES.get(r, {}) for r in rs])
             for p, rs, b in feeds]
     options = {**kwargs, "remote": remote} if remote else kwargs
     states: list[list[tuple[dict[str, Any], dict[str, str]]]] = []
     with shipped(*(["probe"] if remote else [])), torch.no_grad():
         with wrapped.trace(input_ids, **options):
             for path, point, flat, reducers, batch, places in plan:
-                envoy = wrapped
-                for part in path.split(".") if path else []:
-                    envoy = getattr(envoy, part)
+                envoy = envoy_at(wrapped, path)
                 value = point.get(((envoy.input,), {})) if point.side == "input" else point.get(envoy.output)
                 if flat and value.dim() == 2:  # OPT flattens (batch, position) inside the block
                     value = value.reshape(*lead, value.shape[-1])

@@ -194,6 +194,9 @@ def run_all(captures: Sequence[Capture], input_ids: torch.Tensor, attention_mask
     device = torch.device("cpu") if first.remote else _device(first.model)
     input_ids = input_ids.to(device)
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
+    positions = left_pad_positions(attention_mask) if attention_mask is not None else None
+    if positions is not None:
+        kwargs["position_ids"] = positions.to(device)
     if first.backend != "nnsight":
         first.runner(input_ids, **kwargs)
         return
@@ -206,6 +209,19 @@ def run_all(captures: Sequence[Capture], input_ids: torch.Tensor, attention_mask
     nnsight_reduce(first.runner, first.model, feeds, input_ids, kwargs, first.remote)
     for cap in captures:
         cap.n_sequences += input_ids.shape[0]
+
+
+def left_pad_positions(mask: torch.Tensor) -> torch.Tensor | None:
+    """``position_ids`` counting each left-padded row of ``mask`` ``(batch, position)`` from its
+    first token, so the row computes what it would alone (as ``generate`` and nnsight's
+    ``TransformersModel`` count; other rows keep ``0..T-1``); ``None`` when no row is left-padded
+    and the model's own count is right. :func:`run_all` passes them for every backend."""
+    mask = mask.long()
+    counted = (mask.cumsum(-1) - 1).clamp(min=0)
+    plain = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    left_padded = (mask.diff(dim=-1) >= 0).all(-1, keepdim=True)
+    positions = torch.where(left_padded, counted, plain)
+    return None if torch.equal(positions, plain) else positions
 
 
 def _register(point: HookPoint, fn: Callable[..., None]) -> Any:

@@ -390,3 +390,60 @@ def test_capture_and_edits_leave_no_hooks_behind(built):
     with edit_residual(model, "blocks.0.mlp.hook_post", positions=[0], dims=[0]):
         pass
     assert count() == before
+
+
+def test_left_padding_leaves_a_row_as_it_is_alone(built):
+    """A left-padded row is counted from its first token (absolute-position models included)."""
+    padded = torch.cat([torch.zeros(1, 3, dtype=IDS.dtype), IDS[:1]], dim=1)
+    mask = (torch.arange(padded.shape[1]) >= 3).long()[None]
+    with capture(built.model, "blocks.*.hook_resid_post", reduce=Full()) as cap:
+        cap.run(padded, attention_mask=mask)
+    for name, value in cap.results.items():
+        _close(value[:, 3:], built.acts[name][:1], name)
+
+
+# --- 6. the nnsight backend: captures and ablation plans as interventions ----------------
+
+
+@pytest.mark.filterwarnings("ignore:Module .* has a submodule named:UserWarning")  # BERT's `output` modules
+def test_nnsight_capture_equals_torch(built):
+    """Every hook point through nnsight equals the torch hooks (BERT's ``output`` submodules,
+    which nnsight serves as ``E_output``, included)."""
+    with capture(built.model, "*", reduce=Full(), backend="nnsight") as cap:
+        cap.run(IDS)
+    assert cap.results.keys() == built.acts.keys()
+    for name, value in built.acts.items():
+        assert torch.equal(cap.results[name], value), name
+
+
+
+@pytest.mark.filterwarnings("ignore:Module .* has a submodule named:UserWarning")  # BERT's `output` modules
+def test_traced_interventions_equal_weight_edits(built):
+    """Each ablation mode as activation edits inside an nnsight trace (what runs on NDIF) gives
+    the perplexity of the weight-edited model: exactly, except ``super`` (recomputed output, rel
+    1e-5). Biases are randomised first so the bias terms are tested (HF initialises them to 0)."""
+    import copy
+
+    from analyses.ablate import Plan, measure
+
+    model = copy.deepcopy(built.model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    busy = int(_run(model, ["blocks.0.mlp.hook_post"])["blocks.0.mlp.hook_post"].abs().mean((0, 1)).argmax())
+    with torch.no_grad():
+        archs.weight_view(model, 0, "W_down").matrix[5, busy] = 5.0  # a super weight, on an active neuron
+    plans = [Plan("zero", 0, 6, (0, 3, 5, 8, 13, 21)), Plan("retain", LAYERS - 1, 2, (0, 3)), Plan("random", 0, 3, (1, 7, 40)),
+             Plan("super", 0, 1, (busy,), dims=(5,)),
+             Plan("residual-mean", 0, 1, dims=(2, 7), positions=(1, 4), value=3.5)]
+    baseline = measure(model, IDS)
+    assert measure(model, IDS, backend="nnsight") == baseline
+    for plan in plans:
+        edited, traced = measure(model, IDS, plan), measure(model, IDS, plan, backend="nnsight")
+        assert edited["ppl"] != baseline["ppl"], plan
+        if plan.mode == "super":
+            assert traced["ppl"] == pytest.approx(edited["ppl"], rel=1e-5)
+        else:
+            assert traced == edited, plan

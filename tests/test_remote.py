@@ -9,8 +9,11 @@ import sys
 import pytest
 import torch
 
+from analyses.ablate import make_plans, run_plans
+from analyses.evaluate import eval_rows
 from analyses.massive import scan
 from probe import DimMax, Exceed, Full, MaxMedian, ProbeError, TopK, capture
+from probe.data import load_corpus, token_windows
 from probe.models import load_remote
 
 SCAN = dict(name="smollm2", n_seqs=2, seq_len=32, batch_size=1)  # two requests: state travels between them
@@ -68,11 +71,16 @@ def test_remote_local_scan_equals_native_scan(native, remote_lm):
     assert simulated.to_dict() == native.to_dict()  # exact: same fp32 forward, same reducer code
 
 
-def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm, side):
+    """Padded rows too: left padding gets the positions nnsight gives it (counted from the first
+    token, probe.capture.left_pad_positions) on both backends."""
     points = ["blocks.*.hook_resid_post", "blocks.2.mlp.hook_post"]
     reduce = {"top": TopK(5), "stats": MaxMedian(), "dims": DimMax(), "big": Exceed(50.0), "full": Full()}
     mask = torch.ones_like(smol_ids)
     mask[1, -3:] = 0  # padding on the second row
+    if side == "left":
+        mask = mask.flip(-1)
     results = []
     for model, opts in ((smol.model, {}), (remote_lm.model, {"backend": "nnsight", "remote": "local"})):
         with capture(model, points, reduce=reduce, **opts) as cap:
@@ -91,6 +99,37 @@ def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm):
         assert torch.equal(a["dims"].values, b["dims"].values) and torch.equal(a["dims"].position, b["dims"].position)
         assert torch.equal(a["full"], b["full"])
     assert ours["blocks.5.hook_resid_post"]["stats"].count == (smol_ids.numel() - 3) * 576  # padding left out
+
+
+def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
+    """Every ablation mode as interventions in simulated NDIF requests (the weights untouched)
+    gives the table of the weight edits: exact, ``super`` to rel 1e-5 (see analyses.intervene).
+    The plans for a layer other than the origin come from a remote capture too."""
+    rows = token_windows(smol.tokenizer, load_corpus("stdlib"), seq_len=32, n_seqs=2)  # those of the scan
+    plans = []
+    for mode, layer in [("zero", "auto"), ("retain", "auto"), ("random", "auto"), ("super", "auto"),
+                        ("residual-zero", "auto"), ("residual-mean", "auto"), ("zero", 4)]:
+        mine = make_plans(smol.model, rows, native, mode, [5], layer=layer, seeds=1)
+        theirs = make_plans(remote_lm.model, rows, native, mode, [5], layer=layer, seeds=1,
+                            backend="nnsight", remote="local")
+        assert theirs == mine
+        plans += mine
+    ev = eval_rows(smol.tokenizer, seq_len=48, n_seqs=3)
+    edited = run_plans(smol.model, ev, plans)
+    traced = run_plans(remote_lm.model, ev, plans, backend="nnsight", remote="local")
+    assert traced["baseline"] == edited["baseline"]
+    for a, b in zip(edited["results"], traced["results"], strict=True):
+        if a["mode"] == "super":
+            assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5) and b["ratio"] > 10
+        else:
+            assert b == a
+    assert edited["results"][0]["ratio"] > 3  # zeroing the five massive weights hurts
+
+
+def test_remote_ablation_refuses_zero_shot_tasks(smol, remote_lm):
+    with pytest.raises(ProbeError, match="perplexity only"):
+        run_plans(remote_lm.model, eval_rows(smol.tokenizer, n_seqs=1), [], backend="nnsight", remote="local",
+                  tasks=["probe_builtins"])
 
 
 def test_the_simulation_catches_code_the_server_lacks(smol_ids, remote_lm, monkeypatch):

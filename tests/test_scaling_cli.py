@@ -1,6 +1,7 @@
 """The offline equivalents of the README's "Scaling up" commands give the plain results:
 ``--remote local`` (nnsight's simulation of NDIF) and ``--device-map auto`` scans equal the
-plain scan; ``probe ablate --ray local`` equals the serial table."""
+plain scan; ``probe ablate --ray local`` and ``probe ablate --remote local`` (interventions in
+simulated NDIF requests) equal the serial table of weight edits."""
 
 from __future__ import annotations
 
@@ -35,12 +36,32 @@ def test_device_map_auto_scan_equals_the_plain_scan(plain_scan):
     assert probe(*SCAN, "--device-map", "auto") == plain_scan
 
 
-def test_ray_ablation_equals_the_serial_one():
-    serial = probe(*ABLATE)
-    assert probe(*ABLATE, "--ray", "local", "--workers", "2") == serial
-    assert serial["results"][1]["ratio"] > 1.5  # zeroing the 5 massive weights hurts
+@pytest.fixture(scope="module")
+def serial_ablation() -> dict:
+    table = probe(*ABLATE)
+    assert table["results"][1]["ratio"] > 1.5  # zeroing the 5 massive weights hurts
+    return table
 
 
-def test_bad_remote_is_refused():
-    r = subprocess.run([PROBE, *SCAN, "--remote", "cloud"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--remote must be ndif or local" in r.stderr
+def test_ray_ablation_equals_the_serial_one(serial_ablation):
+    assert probe(*ABLATE, "--ray", "local", "--workers", "2") == serial_ablation
+
+
+def test_remote_local_ablation_equals_the_weight_edits(serial_ablation):
+    """Scan, plans and interventions all in simulated NDIF requests: the same table, exactly."""
+    assert probe(*ABLATE, "--remote", "local") == serial_ablation
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--remote", "cloud"], "--remote must be ndif or local"),
+    (["--backend", "tl"], "--backend must be torch or nnsight"),
+])
+def test_bad_remote_or_backend_is_refused(args, message):
+    r = subprocess.run([PROBE, *SCAN, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--ray", "local"], ["--eval", "ppl,tasks"]])
+def test_remote_ablation_refuses_what_needs_local_weights(args):
+    r = subprocess.run([PROBE, *ABLATE, "--remote", "local", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--eval ppl only" in r.stderr

@@ -1,0 +1,158 @@
+"""Ablation plans as interventions inside an nnsight trace: the weights are never touched.
+
+:func:`analyses.ablate.applied` edits weights in place and restores them. A model served by NDIF
+is shared and a request can fail halfway, so there the same plans run as edits of the
+activations inside the trace (House of Cards, arXiv 2410.01866, §3-4, for the ablations). Per
+token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of ``W_down``):
+
+- ``zero`` / ``random`` (rows ``N`` of ``W_gate`` and ``W_up``, or ``W_in``, set to 0): row ``n``
+  gives the pre-activation ``(W x + b)[n] = b[n]``, so the projections' outputs at ``N`` are set
+  to ``b[N]`` (0 without a bias). Exact: a zero row's dot product is exactly 0 and the other
+  outputs do not depend on it (``tests`` compare bit for bit).
+- ``retain``: the same on every row not in ``N``.
+- ``super`` (``W_down[d, n] = 0``): output ``d`` of the down projection is recomputed as
+  ``h . w + b[d]``, ``w`` = row ``d`` of ``W_down`` with entry ``n`` zeroed. Equal up to
+  rounding (another summation order than the matmul's; the tests allow rel 1e-5 on perplexity).
+- ``residual-zero`` / ``residual-mean``: ``hook_resid_post[:, p, d] = value`` after the block,
+  as :func:`probe.edit.edit_residual`.
+
+The perplexity (protocol of :mod:`analyses.evaluate`) is summed inside the trace
+(:func:`analyses.evaluate.sum_nll`), so each request sends back one number; one request per
+batch of rows. Biases and ``W_down`` rows are read inside the trace, i.e. from the server's
+weights when remote; the edits are plain data (:class:`Step`), resolved on the model's meta
+copy before any request.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from analyses.evaluate import Perplexity, sum_nll
+from probe.arch import arch_for, d_ff, get_path, layer, weight_view
+from probe.backends import as_nnsight, envoy_at, hf_module, module_paths, portable, shipped
+from probe.capture import _device
+from probe.errors import EditError, ProbeError
+from probe.hookpoints import HookPoint, resolve
+
+if TYPE_CHECKING:
+    from analyses.ablate import Plan
+
+
+@dataclass(frozen=True)
+class Step:
+    """One edit of the output of the module at ``path`` in block ``layer``:
+
+    - ``fill``: outputs ``cols`` set to the module's bias there (0 without a bias);
+    - ``recompute``: outputs ``cols`` of the down projection recomputed from its input with
+      ``W_down[cols, zeroed]`` set to 0;
+    - ``set``: the residual stream (``point`` on the block's output) at ``positions x cols``
+      set to ``value``.
+    """
+
+    kind: str
+    path: str
+    layer: int
+    cols: tuple[int, ...]
+    zeroed: tuple[int, ...] = ()
+    positions: tuple[int, ...] = ()
+    value: float = 0.0
+    point: HookPoint | None = None
+
+
+def steps(model: nn.Module, plan: Plan, seq_len: int) -> list[Step]:
+    """The :class:`Step` s (in forward order) equivalent to ``plan`` on ``model`` (an HF module,
+    possibly on the meta device); out-of-range layers, rows, dims or positions raise."""
+    arch = arch_for(model)
+    block = layer(model, plan.layer, arch)
+    paths = module_paths(model)
+    width = d_ff(model, arch)
+    _check(plan.neurons, width, "FFN row")
+    if plan.mode in ("zero", "random", "retain"):
+        chosen = set(plan.neurons)
+        rows = [n for n in range(width) if n not in chosen] if plan.mode == "retain" else list(plan.neurons)
+        cols: dict[str, list[int]] = {}
+        for name in ("W_gate", "W_up") if arch.gated else ("W_in",):
+            view = weight_view(model, plan.layer, name, arch)
+            cols.setdefault(paths[id(view.module)], []).extend(view.row_offset + n for n in rows)
+        return [Step("fill", path, plan.layer, tuple(c)) for path, c in cols.items()]
+    if plan.mode == "super":
+        view = weight_view(model, plan.layer, "W_down", arch)
+        _check(plan.dims, view.n_rows, "residual dim")
+        return [Step("recompute", paths[id(view.module)], plan.layer, tuple(plan.dims), tuple(plan.neurons))]
+    if plan.mode in ("residual-zero", "residual-mean"):
+        (point,) = resolve(model, f"blocks.{plan.layer}.hook_resid_post")
+        _check(plan.dims, weight_view(model, plan.layer, "W_down", arch).n_rows, "residual dim")
+        _check(plan.positions, seq_len, "position")
+        return [Step("set", paths[id(block)], plan.layer, tuple(plan.dims), positions=tuple(plan.positions),
+                     value=plan.value, point=portable(point))]
+    raise ProbeError(f"unknown ablation mode {plan.mode!r}")
+
+
+def _check(indices: tuple[int, ...], size: int, what: str) -> None:
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise EditError(f"{what} {bad} out of range 0..{size - 1}")
+
+
+def apply(runner: Any, step: Step) -> None:
+    """Carry out ``step`` inside a trace of ``runner`` (called in the trace body, in forward order)."""
+    envoy = envoy_at(runner, step.path)
+    if step.kind == "fill":
+        out = envoy.output
+        cols = torch.tensor(step.cols, device=out.device)
+        bias = getattr(get_path(runner._module, step.path), "bias", None)
+        out[..., cols] = 0.0 if bias is None else bias[cols].to(out)
+    elif step.kind == "recompute":
+        h = envoy.input
+        out = envoy.output
+        view = weight_view(runner._module, step.layer, "W_down")
+        rows = view.matrix[list(step.cols)].clone()
+        rows[:, list(step.zeroed)] = 0
+        new = h @ rows.to(h).T
+        if view.bias is not None:
+            new = new + view.bias[list(step.cols)].to(new)
+        out[..., torch.tensor(step.cols, device=out.device)] = new
+    else:
+        assert step.point is not None
+        resid = step.point.get(envoy.output)
+        pos = torch.tensor(step.positions, device=resid.device)
+        dims = torch.tensor(step.cols, device=resid.device)
+        resid[:, pos[:, None], dims[None, :]] = step.value
+
+
+def traced_perplexity(model: Any, rows: torch.Tensor, plan: Plan | None = None, remote: bool | str = False,
+                      tokenizer: Any = None, batch_size: int = 8, corpus: str = "stdlib",
+                      progress: Callable[[int], None] | None = None) -> Perplexity:
+    """:func:`analyses.evaluate.perplexity` of ``model`` with ``plan`` applied as interventions
+    inside nnsight traces (module docstring); ``remote``: ``True`` runs on NDIF (``model`` from
+    :func:`probe.models.load_remote`), ``"local"`` simulates it. Equals the perplexity of the
+    weight-edited model (:func:`analyses.ablate.measure`)."""
+    runner = as_nnsight(model, remote, tokenizer)
+    todo = steps(hf_module(runner), plan, rows.shape[1]) if plan is not None else []
+    device = torch.device("cpu") if remote else _device(hf_module(runner))
+    options = {"remote": remote} if remote else {}
+    total, count = 0.0, 0
+    with shipped("probe", "analyses") if remote else nullcontext(), torch.no_grad():
+        for start in range(0, rows.shape[0], batch_size):
+            batch = rows[start : start + batch_size].to(device)
+            total += float(_nll(runner, batch, todo, options))
+            count += batch[:, 1:].numel()
+            if progress:
+                progress(batch.shape[0])
+    return Perplexity.of(total, count, corpus, rows)
+
+
+def _nll(runner: Any, batch: torch.Tensor, todo: list[Step], options: dict[str, Any]) -> torch.Tensor:
+    """One trace: the edits, then the summed negative log-likelihood of ``batch``."""
+    import nnsight
+
+    with runner.trace(batch, **options):
+        for step in todo:
+            apply(runner, step)
+        total = nnsight.save(sum_nll(runner.output.logits, batch))
+    return total
