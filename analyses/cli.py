@@ -355,7 +355,7 @@ def finetune_cmd(
     device: str = DeviceOpt,
     download: bool = DownloadOpt,
     trust_remote_code: bool = RemoteCodeOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (lm-eval's included)."),
 ) -> None:
     """Fine-tune a LoRA/DoRA adapter with MacDrop on the massive weights; save the adapter, the log and a report."""
     from datetime import date
@@ -381,7 +381,7 @@ def finetune_cmd(
     result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, k=k)
     if result.origin_layer is None:
         raise ProbeError("no massive activation found, so there are no massive weights to drop")
-    with _progress(quiet, "fine-tuning", steps) as advance:
+    with _progress(quiet, "fine-tuning", steps) as advance, _hushed(quiet):
         peft_model, log = finetune(loaded.model, loaded.tokenizer, result.origin_layer, result.massive_neurons, cfg,
                                    progress=advance)
     tokens = f"{steps} steps x {cfg.batch_size} x {cfg.seq_len} training tokens; held-out {cfg.eval_seqs} x {cfg.eval_len}"
@@ -589,6 +589,19 @@ def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], No
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def _hushed(quiet: bool) -> Iterator[None]:
+    """When ``quiet``: what libraries write to ``sys.stderr`` meanwhile (lm-eval's tqdm bars) is dropped."""
+    import io
+    from contextlib import redirect_stderr
+
+    if not quiet:
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        yield
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -116,3 +116,15 @@ def test_cli_rejects_bad_input(tmp_path):
     r = subprocess.run([probe, "finetune", "--track", "lid,entropy", "--out", str(tmp_path / "y")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--track" in r.stderr and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_cli_quiet_prints_only_the_summary(tmp_path):
+    """``-q``: no progress bars, lm-eval's tqdm bars included; stderr is the one summary line."""
+    probe = str(Path(sys.executable).parent / "probe")
+    r = subprocess.run([probe, "finetune", "--steps", "2", "--eval-every", "2", "--tasks", "probe_builtins",
+                        "--limit", "4", "--track", "massive", "-q", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("held-out loss"), r.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["zero_shot"]["after"]["probe_builtins"]["n"] == 4
