@@ -38,6 +38,7 @@ from probe.backends import as_nnsight, envoy_at, hf_module, module_paths, portab
 from probe.capture import _device
 from probe.errors import EditError, ProbeError
 from probe.hookpoints import HookPoint, resolve
+from probe.offload import held
 
 if TYPE_CHECKING:
     from analyses.ablate import Plan
@@ -102,20 +103,25 @@ def _check(indices: tuple[int, ...], size: int, what: str) -> None:
 def apply(runner: Any, step: Step) -> None:
     """Carry out ``step`` inside a trace of ``runner`` (called in the trace body, in forward order)."""
     envoy = envoy_at(runner, step.path)
+    root = runner._module
     if step.kind == "fill":
         out = envoy.output
         cols = torch.tensor(step.cols, device=out.device)
-        bias = getattr(get_path(runner._module, step.path), "bias", None)
-        out[..., cols] = 0.0 if bias is None else bias[cols].to(out)
+        module = get_path(root, step.path)
+        with held(root, module):  # weights offloaded by accelerate are meta outside their forward
+            bias = None if getattr(module, "bias", None) is None else module.bias[cols.to(module.bias.device)].to(out)
+        out[..., cols] = 0.0 if bias is None else bias
     elif step.kind == "recompute":
         h = envoy.input
         out = envoy.output
-        view = weight_view(runner._module, step.layer, "W_down")
-        rows = view.matrix[list(step.cols)].clone()
+        with held(root, weight_view(root, step.layer, "W_down").module):
+            view = weight_view(root, step.layer, "W_down")  # the loaded weights
+            rows = view.matrix[list(step.cols)].to(h, copy=True)
+            bias = None if view.bias is None else view.bias[list(step.cols)].to(h)
         rows[:, list(step.zeroed)] = 0
-        new = h @ rows.to(h).T
-        if view.bias is not None:
-            new = new + view.bias[list(step.cols)].to(new)
+        new = h @ rows.T
+        if bias is not None:
+            new = new + bias
         out[..., torch.tensor(step.cols, device=out.device)] = new
     else:
         assert step.point is not None

@@ -58,6 +58,7 @@ from probe.capture import capture, run_all
 from probe.data import load_corpus, token_windows
 from probe.display import Figured
 from probe.errors import ProbeError
+from probe.offload import held
 from probe.reducers import DimMax, Exceed, Full, MaxMedian, TopK
 
 RATIOS = (100.0, 300.0, 1000.0, 3000.0)
@@ -195,13 +196,9 @@ def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], laye
     (``device_map`` with ``"cpu"``/``"disk"`` entries) are loaded for the read."""
     from contextlib import ExitStack
 
-    from accelerate.utils import align_module_device, has_offloaded_params
-
     with ExitStack() as stack:  # accelerate-offloaded blocks hold meta tensors until their hook loads them
         for l in sorted({c[0] for c in cells} | ({layer} if names else set())):
-            for module in block(model, l).modules():
-                if has_offloaded_params(module):
-                    stack.enter_context(align_module_device(module))
+            stack.enter_context(held(model, block(model, l)))
         values = [float(weight_view(model, l, "W_down").matrix[d, n]) for l, d, n in cells]
         norms = {w: weight_view(model, layer, w).matrix.float().norm(dim=1).cpu() for w in names}
     return values, norms

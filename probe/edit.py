@@ -23,6 +23,7 @@ from torch import nn
 from probe.arch import weight_view
 from probe.errors import EditError
 from probe.hookpoints import record_shapes, resolve
+from probe.offload import held
 
 _BLOCK_WEIGHT = re.compile(r"^blocks\.(-?\d+)\.mlp\.(W_\w+)$")
 
@@ -64,18 +65,30 @@ def edit_weight(
 ) -> Iterator[torch.Tensor]:
     """Set ``target[rows, cols] = fn(selected, whole_matrix)`` for the block; restore bit-exactly after.
 
-    ``rows``/``cols`` of ``None`` mean all. Yields the edited matrix view.
+    ``rows``/``cols`` of ``None`` mean all. Yields the edited matrix view. A matrix that accelerate
+    offloads is held loaded meanwhile (:func:`probe.offload.held`), so the edit reaches every
+    forward pass inside the block.
     """
-    m = matrix(model, target)
-    index = _index(m, rows, cols, target)
-    saved = m[index].clone()
-    try:
-        with torch.no_grad():
-            m[index] = fn(m[index], m).to(m.dtype)
-        yield m
-    finally:
-        with torch.no_grad():
-            m[index] = saved
+    _index(matrix(model, target), rows, cols, target)  # check before loading anything
+    with held(model, _owner(model, target)):
+        m = matrix(model, target)
+        index = _index(m, rows, cols, target)
+        saved = m[index].clone()
+        try:
+            with torch.no_grad():
+                m[index] = fn(m[index], m).to(m.dtype)
+            yield m
+        finally:
+            with torch.no_grad():
+                m[index] = saved
+
+
+def _owner(model: nn.Module, target: str) -> nn.Module:
+    """The module holding the matrix named ``target``."""
+    match = _BLOCK_WEIGHT.match(target)
+    if match:
+        return weight_view(model, int(match.group(1)), match.group(2)).module
+    return model.get_submodule(target.rpartition(".")[0])
 
 
 def zero_rows(model: nn.Module, target: str, rows: Sequence[int], cols: Sequence[int] | None = None):
