@@ -24,11 +24,6 @@ def _offloading_hooks(module: nn.Module) -> list[Any]:
     return [h for h in hooks if h is not None and getattr(h, "offload", False)]
 
 
-def is_offloaded(model: nn.Module) -> bool:
-    """Whether any module of ``model`` has weights offloaded by accelerate."""
-    return any(_offloading_hooks(m) for m in model.modules())
-
-
 @contextmanager
 def held(model: nn.Module, module: nn.Module) -> Iterator[None]:
     """The weights of ``module`` and its submodules loaded (on their execution device) and kept so
