@@ -124,6 +124,8 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
         else:
             assert b == a
     assert edited["results"][0]["ratio"] > 3  # zeroing the five massive weights hurts
+    served = dict(remote_lm.model._module.named_parameters())  # the "server's" weights: never edited
+    assert all(torch.equal(served[name], p) for name, p in smol.model.named_parameters())
 
 
 def test_remote_ablation_refuses_zero_shot_tasks(smol, remote_lm):
