@@ -27,7 +27,7 @@ from torch import nn
 from analyses.evaluate import perplexity
 from analyses.massive import MassiveScan
 from probe.arch import arch_for, d_ff
-from probe.backends import as_nnsight, check_remote, hf_module
+from probe.backends import check_remote, hf_module
 from probe.capture import capture
 from probe.edit import edit_residual, keep_rows, zero_rows
 from probe.display import Figured
@@ -35,6 +35,8 @@ from probe.errors import ProbeError
 from probe.reducers import Full
 
 MODES = ("zero", "retain", "random", "super", "residual-zero", "residual-mean")
+NO_TASKS = ("zero-shot tasks run lm-eval on a model in this process; with backend nnsight (or remote) "
+            "evaluate perplexity only (--eval ppl)")
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,7 @@ def measure(model: nn.Module, eval_rows: torch.Tensor, plan: Plan | None = None,
         from analyses.intervene import traced_perplexity
 
         if tasks:
-            raise ProbeError("zero-shot tasks run lm-eval on a model in this process; with backend nnsight "
-                             "(or remote) evaluate perplexity only (--eval ppl)")
+            raise ProbeError(NO_TASKS)
         return traced_perplexity(model, eval_rows, plan, remote, tokenizer).to_dict()
     if backend != "torch" or remote:
         raise ProbeError(f"ablations run on backend 'torch' or 'nnsight' (remote needs nnsight), not {backend!r}")
@@ -190,13 +191,21 @@ def tabulate(baseline: dict[str, Any], plans: list[Plan], measured: list[dict[st
 
 def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
               tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None,
-              backend: str = "torch", remote: bool | str = False) -> Ablation:
+              backend: str = "torch", remote: bool | str = False, per_request: int = 1) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
     through lm-eval when given) and restored: a tidy table, one row per plan.
     :func:`analyses.sweep.run_plans_ray` gives the same table, the plans spread over Ray workers;
-    ``backend="nnsight"`` with ``remote`` gives it for a model on NDIF (see :func:`measure`)."""
+    ``backend="nnsight"`` with ``remote`` gives it for a model on NDIF (see :func:`measure`),
+    ``per_request`` (plan, batch) jobs per request
+    (:func:`analyses.intervene.traced_perplexities`)."""
     if backend == "nnsight":
-        model = as_nnsight(model, check_remote(remote), tokenizer)
+        from analyses.intervene import traced_perplexities
+
+        if tasks:
+            raise ProbeError(NO_TASKS)
+        found = traced_perplexities(model, eval_rows, [None, *plans], check_remote(remote), tokenizer,
+                                    per_request=per_request, progress=progress)
+        return tabulate(found[0].to_dict(), plans, [p.to_dict() for p in found[1:]])
     opts = dict(tokenizer=tokenizer, tasks=tasks, limit=limit, backend=backend, remote=remote)
     baseline = measure(model, eval_rows, None, **opts)
     if progress:

@@ -141,6 +141,8 @@ def ablate_cmd(
     workers: int = typer.Option(2, "--workers", help="Ray workers (each loads the model once)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs Ray reserves per worker (give 1, or the node's "
                                                                           "GPU count with --device-map auto, on GPU nodes)."),
+    per_request: int = typer.Option(1, "--per-request", help="With --remote: (plan, batch of 8 windows) jobs sent in "
+                                                             "one request, as one forward pass (fewer, larger requests)."),
     backend: str = BackendOpt,
     remote: Optional[str] = RemoteOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -165,6 +167,8 @@ def ablate_cmd(
         ks = [int(v) for v in sweep.split(",")] if sweep else [k]
     except ValueError:
         raise ProbeError(f"--sweep must be comma-separated integers, not {sweep!r}") from None
+    if per_request < 1 or (per_request > 1 and not remote):
+        raise ProbeError(f"--per-request {per_request}: give 1, or more with --remote (jobs batched into one request)")
     if (backend == "nnsight" or remote) and (ray or task_list):
         raise ProbeError(f"--{'ray' if ray else 'eval tasks'} needs the weights in this process (or on Ray workers); "
                          "with --backend nnsight or --remote the ablations run as interventions and evaluate --eval ppl only")
@@ -185,7 +189,7 @@ def ablate_cmd(
                                   tasks=task_list, limit=limit, progress=advance, gpus_per_worker=gpus_per_worker)
         else:
             table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
-                              limit=limit, **opts)
+                              limit=limit, per_request=per_request, **opts)
     table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
     if as_json:
         print(json.dumps(table))

@@ -17,17 +17,18 @@ token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of `
   as :func:`probe.edit.edit_residual`.
 
 The perplexity (protocol of :mod:`analyses.evaluate`) is summed inside the trace
-(:func:`analyses.evaluate.sum_nll`), so each request sends back one number; one request per
-batch of rows. Biases and ``W_down`` rows are read inside the trace, i.e. from the server's
-weights when remote; the edits are plain data (:class:`Step`), resolved on the model's meta
-copy before any request.
+(:func:`analyses.evaluate.sum_nll`), so a request sends back one number per batch of rows; one
+request per plan and batch, or several batched into one (:func:`traced_perplexities`,
+``per_request``). Biases and ``W_down`` rows are read inside the trace, i.e. from the server's
+weights when remote; the edits are plain data (:class:`Step`), resolved on the model's meta copy
+before any request.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -131,34 +132,55 @@ def apply(runner: Any, step: Step) -> None:
         resid[:, pos[:, None], dims[None, :]] = step.value
 
 
-def traced_perplexity(model: Any, rows: torch.Tensor, plan: Plan | None = None, remote: bool | str = False,
-                      tokenizer: Any = None, batch_size: int = 8, corpus: str = "stdlib",
-                      progress: Callable[[int], None] | None = None) -> Perplexity:
-    """:func:`analyses.evaluate.perplexity` of ``model`` with ``plan`` applied as interventions
-    inside nnsight traces (module docstring); ``remote``: ``True`` runs on NDIF (``model`` from
-    :func:`probe.models.load_remote`), ``"local"`` simulates it. Equals the perplexity of the
-    weight-edited model (:func:`analyses.ablate.measure`)."""
+def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | None], remote: bool | str = False,
+                        tokenizer: Any = None, batch_size: int = 8, per_request: int = 1, corpus: str = "stdlib",
+                        progress: Callable[[int], None] | None = None) -> list[Perplexity]:
+    """:func:`analyses.evaluate.perplexity` of ``model`` with each plan of ``plans`` (``None``: the
+    model as it is) applied as interventions inside nnsight traces (module docstring). Each equals
+    the perplexity of the weight-edited model (:func:`analyses.ablate.measure`).
+
+    ``remote``: ``True`` runs on NDIF (``model`` from :func:`probe.models.load_remote`),
+    ``"local"`` simulates it. The work is one job per plan and batch of ``batch_size`` rows;
+    ``per_request`` jobs share a trace (one nnsight invoke each, run as one forward pass: one NDIF
+    request), so ``P`` plans over ``B`` batches take ``ceil(P * B / per_request)`` requests (more
+    than 1 needs ``remote``). Every job sums its own batch, so the numbers do not depend on
+    ``per_request``. ``progress(1)`` as each plan is done."""
+    if per_request < 1 or (per_request > 1 and not remote):
+        raise ProbeError(f"per_request={per_request}: give 1, or more with remote (jobs batched into one request)")
     runner = as_nnsight(model, remote, tokenizer)
-    todo = steps(hf_module(runner), plan, rows.shape[1]) if plan is not None else []
+    todo = [steps(hf_module(runner), plan, rows.shape[1]) if plan is not None else [] for plan in plans]
     device = torch.device("cpu") if remote else _device(hf_module(runner))
-    options = {"remote": remote} if remote else {}
-    total, count = 0.0, 0
+    starts = range(0, rows.shape[0], batch_size)
+    jobs = [(i, start) for i in range(len(plans)) for start in starts]
+    totals, left = [0.0] * len(plans), [len(starts)] * len(plans)
     with shipped("probe", "analyses") if remote else nullcontext(), torch.no_grad():
-        for start in range(0, rows.shape[0], batch_size):
-            batch = rows[start : start + batch_size].to(device)
-            total += float(_nll(runner, batch, todo, options))
-            count += batch[:, 1:].numel()
-            if progress:
-                progress(batch.shape[0])
-    return Perplexity.of(total, count, corpus, rows)
+        for first in range(0, len(jobs), per_request):
+            chunk = jobs[first : first + per_request]
+            work = [(rows[start : start + batch_size].to(device), todo[i]) for i, start in chunk]
+            for (i, _), total in zip(chunk, _nlls(runner, work, {"remote": remote} if remote else {}), strict=True):
+                totals[i] += float(total)
+                left[i] -= 1
+                if progress and not left[i]:
+                    progress(1)
+    return [Perplexity.of(total, rows[:, 1:].numel(), corpus, rows) for total in totals]
 
 
-def _nll(runner: Any, batch: torch.Tensor, todo: list[Step], options: dict[str, Any]) -> torch.Tensor:
-    """One trace: the edits, then the summed negative log-likelihood of ``batch``."""
+def traced_perplexity(model: Any, rows: torch.Tensor, plan: Plan | None = None, remote: bool | str = False,
+                      tokenizer: Any = None, batch_size: int = 8, corpus: str = "stdlib") -> Perplexity:
+    """:func:`traced_perplexities` of one plan."""
+    return traced_perplexities(model, rows, [plan], remote, tokenizer, batch_size, corpus=corpus)[0]
+
+
+def _nlls(runner: Any, work: list[tuple[torch.Tensor, list[Step]]], options: dict[str, Any]) -> list[torch.Tensor]:
+    """One trace, one invoke per ``(batch, steps)``: the edits, then the summed negative
+    log-likelihood of the batch."""
     import nnsight
 
-    with runner.trace(batch, **options):
-        for step in todo:
-            apply(runner, step)
-        total = nnsight.save(sum_nll(runner.output.logits, batch))
-    return total
+    with runner.trace(**options) as tracer:
+        sums = nnsight.save([])
+        for batch, todo in work:
+            with tracer.invoke(batch):
+                for step in todo:
+                    apply(runner, step)
+                sums.append(sum_nll(runner.output.logits, batch))
+    return sums

@@ -117,6 +117,10 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
     ev = eval_rows(smol.tokenizer, seq_len=48, n_seqs=3)
     edited = run_plans(smol.model, ev, plans)
     traced = run_plans(remote_lm.model, ev, plans, backend="nnsight", remote="local")
+    done = []
+    batched = run_plans(remote_lm.model, ev, plans, backend="nnsight", remote="local", per_request=3,
+                        progress=done.append)  # 8 (plan, batch) jobs in 3 requests, one invoke each
+    assert batched == traced and done == [1] * 8
     assert traced["baseline"] == edited["baseline"]
     for a, b in zip(edited["results"], traced["results"], strict=True):
         if a["mode"] == "super":
@@ -128,10 +132,12 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
     assert all(torch.equal(served[name], p) for name, p in smol.model.named_parameters())
 
 
-def test_remote_ablation_refuses_zero_shot_tasks(smol, remote_lm):
+def test_remote_ablation_refuses_zero_shot_tasks_and_local_batching(smol, remote_lm):
+    rows = eval_rows(smol.tokenizer, n_seqs=1)
     with pytest.raises(ProbeError, match="perplexity only"):
-        run_plans(remote_lm.model, eval_rows(smol.tokenizer, n_seqs=1), [], backend="nnsight", remote="local",
-                  tasks=["probe_builtins"])
+        run_plans(remote_lm.model, rows, [], backend="nnsight", remote="local", tasks=["probe_builtins"])
+    with pytest.raises(ProbeError, match="per_request=2"):
+        run_plans(smol.model, rows, [], backend="nnsight", per_request=2)
 
 
 def test_the_simulation_catches_code_the_server_lacks(smol_ids, remote_lm, monkeypatch):
