@@ -416,7 +416,6 @@ def test_nnsight_capture_equals_torch(built):
         assert torch.equal(cap.results[name], value), name
 
 
-
 @pytest.mark.filterwarnings("ignore:Module .* has a submodule named:UserWarning")  # BERT's `output` modules
 def test_traced_interventions_equal_weight_edits(built):
     """Each ablation mode as activation edits inside an nnsight trace (what runs on NDIF) gives
