@@ -22,7 +22,6 @@ import base64
 import html
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from matplotlib.colors import LinearSegmentedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+
+from probe.files import atomic_file
 
 PX = 100.0  # Plotly pixels per inch
 PT = 72.0 / PX  # points per Plotly pixel
@@ -53,22 +54,9 @@ def save_png(fig: go.Figure | dict[str, Any], path: str | os.PathLike[str], dpi:
     fig = fig if isinstance(fig, go.Figure) else go.Figure(fig)
     mfig = _Renderer(fig).render()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         mfig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.12, facecolor="white")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- values ----------------------------------------------------------------------------------

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from probe.errors import ProbeError
+from probe.files import atomic_file
 from probe.models import cache_dir
 
 OFFLINE_TASKS = ("probe_pydoc_topics", "probe_builtins")
@@ -78,18 +77,12 @@ def builtins_docs(seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a unique temporary file and :func:`os.replace`, only when
-    it differs, so concurrent writers (Ray workers on one node) never see a half-written file."""
+    """Write ``text`` to ``path`` in one step (:func:`probe.files.atomic_file`), only when it
+    differs, so concurrent writers (Ray workers on one node) never see a half-written file."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_tasks(folder: Path | None = None) -> Path:
