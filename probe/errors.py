@@ -11,6 +11,10 @@ class UnknownModelError(ProbeError):
     """The model spec is neither a known name, a local directory, a .gguf file nor a cached hub id."""
 
 
+class ModelLoadError(ProbeError):
+    """A model file or folder exists but cannot be read (corrupt GGUF, no weights, bad config)."""
+
+
 class UnsupportedArchitectureError(ProbeError):
     """The model's ``config.model_type`` has no adapter in :mod:`probe.arch`."""
 

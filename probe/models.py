@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -35,8 +36,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from probe.arch import Arch, arch_for
-from probe.errors import ProbeError, UnknownModelError
+from probe.arch import Arch, arch_for, supported_model_types
+from probe.errors import ModelLoadError, ProbeError, UnknownModelError, UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def load_model(
         directory, hub_id = _hub(spec, allow_download), spec
     else:
         raise UnknownModelError(f"unknown model {spec!r}; available: {', '.join(available_models())}")
+    check_folder(directory, trust_remote_code=trust_remote_code)
     model, tokenizer = _from_pretrained(str(directory), kwargs)
     if hub_id:
         tokenizer.name_or_path = hub_id
@@ -202,10 +204,74 @@ def available_models() -> list[str]:
     return names or ["(none: " + "; ".join(e.install for e in EMBEDDED.values()) + ")"]
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_folder(folder: Path, *, trust_remote_code: bool = False) -> None:
+    """Fail early, in one line, on a model folder that cannot load: unreadable ``config.json``,
+    a ``model_type`` without an adapter in :mod:`probe.arch`, or no weight files."""
+    config_file = Path(folder) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_file}: not a readable JSON config ({_first_line(exc)})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type is None:
+        raise ModelLoadError(f"{config_file} has no model_type; is it an HF causal-LM config?")
+    if model_type not in supported_model_types() and not trust_remote_code:
+        raise UnsupportedArchitectureError(
+            f"{config_file}: model_type {model_type!r} has no adapter; supported: {', '.join(supported_model_types())}"
+        )
+    if not any(next(Path(folder).glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelLoadError(f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES[:2])})")
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early, in one line, on a file that is not a complete GGUF: wrong magic, a header that
+    does not parse, or tensor data that runs past the end of the file (a truncated download)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not magic:
+        raise ModelLoadError(f"{path} is empty")
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError... on bad bytes
+        raise ModelLoadError(f"{path} is a corrupt or truncated GGUF file: {_first_line(exc)}") from None
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise ModelLoadError(f"{path} is truncated: tensor {tensor.name!r} ends at byte "
+                                 f"{tensor.data_offset + tensor.n_bytes}, the file has {size}")
+    if not reader.tensors:
+        raise ModelLoadError(f"{path} holds no tensors; is it a GGUF of a model?")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+@contextmanager
+def _load_errors(source: Path | str) -> Iterator[None]:
+    """Turn what transformers raises on unreadable files into one :class:`ModelLoadError` line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except ProbeError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise ModelLoadError(f"cannot load {source}: {_first_line(exc)}") from None
+
+
 def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with _quiet_transformers(), _load_errors(source):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     return model, tokenizer
@@ -248,8 +314,9 @@ def _gguf_to_safetensors(folder: Path, filename: str, notes: list[str]) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf(folder / filename)
     start = time.perf_counter()
-    with _quiet_transformers():
+    with _quiet_transformers(), _load_errors(folder / filename):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     model.hf_quantizer = None

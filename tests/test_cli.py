@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,12 @@ def test_bad_model_is_one_red_line_and_exit_2():
 def test_bad_option_is_exit_2():
     r = run("info", "--dtype")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_corrupt_gguf_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "corrupt.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    r = subprocess.run([PROBE, "info", "--model", str(tmp_path / "corrupt.gguf")], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PROBE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "corrupt.gguf" in lines[0], r.stderr

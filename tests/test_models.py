@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from probe import UnknownModelError, load_model
-from probe.models import cache_dir
+from probe.errors import ModelLoadError, UnsupportedArchitectureError
+from probe.models import EMBEDDED, cache_dir
 
 
 def test_embedded_model_facts(smol):
@@ -67,3 +68,52 @@ def test_missing_gguf_and_folder_without_config(tmp_path):
 def test_bad_dtype():
     with pytest.raises(UnknownModelError, match="unknown dtype"):
         load_model("smollm2", dtype="float8")
+
+
+def _embedded_gguf():
+    import importlib.util
+    from pathlib import Path
+
+    entry = EMBEDDED["smollm2"]
+    return Path(list(importlib.util.find_spec(entry.package).submodule_search_locations)[0]) / entry.filename
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"PK\x03\x04" + bytes(64), "is not a GGUF file"),
+    (b"GGUF" + bytes(range(256)) * 16, "corrupt or truncated GGUF"),
+])
+def test_bad_gguf_bytes_are_one_clear_error(tmp_path, monkeypatch, content, message):
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "m.gguf").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_model(str(tmp_path / "m.gguf"))
+    assert str(tmp_path / "m.gguf") in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists()  # nothing half-converted is cached
+
+
+@pytest.mark.parametrize("keep", [2_000, 30_000_000])
+def test_truncated_gguf_is_one_clear_error_and_caches_nothing(tmp_path, monkeypatch, keep):
+    """A download cut short: the real embedded GGUF, cut inside its header or inside its tensors."""
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    with open(_embedded_gguf(), "rb") as handle:
+        (tmp_path / "cut.gguf").write_bytes(handle.read(keep))
+    with pytest.raises(ModelLoadError, match="corrupt or truncated GGUF|is truncated"):
+        load_model(str(tmp_path / "cut.gguf"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_bad_model_folders_are_one_clear_error(tmp_path, smol):
+    (tmp_path / "config.json").write_text('{"model_type": ')
+    with pytest.raises(ModelLoadError, match="config.json: not a readable JSON config"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "mamba"}')
+    with pytest.raises(UnsupportedArchitectureError, match="model_type 'mamba' has no adapter; supported: .*llama"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ModelLoadError, match="has a config.json but no weights"):
+        load_model(str(tmp_path))
+    smol.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10" + bytes(99))
+    with pytest.raises(ModelLoadError, match=f"cannot load {tmp_path}: SafetensorError"):
+        load_model(str(tmp_path))
