@@ -59,8 +59,7 @@ class Plan:
 @contextmanager
 def applied(model: nn.Module, plan: Plan) -> Iterator[None]:
     """The model with ``plan`` applied; restored bit-exactly on exit."""
-    arch = arch_for(model)
-    names = ["W_up", "W_gate"] if arch.gated else ["W_in"]
+    names = arch_for(model).ffn_in_names
     with ExitStack() as stack:
         target = lambda n: f"blocks.{plan.layer}.mlp.{n}"  # noqa: E731
         if plan.mode in ("zero", "random"):
@@ -104,10 +103,12 @@ def resolve_layer(result: MassiveScan, layer: str | int) -> int:
     return index
 
 
-def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: str, ks: list[int],
+def make_plans(model: nn.Module, rows: torch.Tensor | None, result: MassiveScan, mode: str, ks: list[int],
                layer: str | int = "auto", seeds: int = 3, backend: str = "torch", remote: bool | str = False) -> list[Plan]:
-    """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed). ``backend`` and
-    ``remote`` are those of the capture that finds the top neurons of a layer other than the origin."""
+    """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed), aimed at the
+    scan's carrier (``result.carrier``). ``rows``: the scan's windows (``None``: those kept on
+    ``result``). ``backend`` and ``remote`` are those of the capture that finds the top neurons of
+    a layer other than the origin."""
     if mode not in MODES:
         raise ProbeError(f"unknown ablation mode {mode!r}; choose one of {', '.join(MODES)}")
     l = resolve_layer(result, layer)
@@ -115,12 +116,15 @@ def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: 
     for k in ks:
         if not 1 <= k <= width:
             raise ProbeError(f"k={k} is out of range 1..{width}")
-    carrier = result.massive_tokens[0]
-    entry = next(e for e in result.layers[result.origin_layer].massive
-                 if (e["position"], e["token"]) == (carrier["position"], carrier["token"]))
+    carrier = result.carrier
     kmax = max(ks)
-    top = list(result.massive_neurons) if l == result.origin_layer and kmax <= len(result.massive_neurons) else \
-        neurons_at(model, rows, l, entry["batch"], entry["position"], kmax, backend, remote)
+    if l == result.origin_layer and kmax <= len(result.massive_neurons):
+        top = list(result.massive_neurons)
+    else:
+        rows = result.windows if rows is None else rows
+        if rows is None:
+            raise ProbeError("make_plans needs the scan's windows (rows) for a layer other than the origin")
+        top = neurons_at(model, rows, l, carrier["batch"], carrier["position"], kmax, backend, remote)
     plans: list[Plan] = []
     for k in ks:
         if mode in ("zero", "retain"):
@@ -128,13 +132,14 @@ def make_plans(model: nn.Module, rows: torch.Tensor, result: MassiveScan, mode: 
         elif mode == "random":
             pool = [n for n in range(width) if n not in set(top[:k])]
             plans += [Plan(mode, l, k, tuple(sorted(_random.Random(seed).sample(pool, k))), seed=seed) for seed in range(seeds)]
+    dim = carrier["dim"]
     if mode == "super":
-        plans.append(Plan(mode, l, 1, (top[0],), dims=(result.massive_dims[0],)))
+        plans.append(Plan(mode, l, 1, (top[0],), dims=(dim,)))
     elif mode.startswith("residual"):
         values = [e["value"] for e in result.layers[l].massive
-                  if e["position"] == carrier["position"] and e["dim"] == result.massive_dims[0]] or [0.0]
+                  if e["position"] == carrier["position"] and e["dim"] == dim] or [0.0]
         value = 0.0 if mode == "residual-zero" else sum(values) / len(values)
-        plans.append(Plan(mode, l, 1, dims=(result.massive_dims[0],), positions=(carrier["position"],), value=value))
+        plans.append(Plan(mode, l, 1, dims=(dim,), positions=(carrier["position"],), value=value))
     return plans
 
 

@@ -27,7 +27,10 @@ DownloadOpt = typer.Option(False, "--download", help="Allow fetching a hub id th
 RemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the checkpoint (off by default).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 CorpusOpt = typer.Option("stdlib", "--corpus", help="'stdlib', a .txt/.jsonl file, or hf:NAME[:CONFIG][:SPLIT].")
-SeqLenOpt = typer.Option(128, "--seq-len", help="Tokens per window, the prepended <|endoftext|> included.")
+SeqLenOpt = typer.Option(128, "--seq-len", help="Tokens per window, the prepended token (if any) included.")
+PrependOpt = typer.Option("auto", "--prepend", help="Window protocol, the token(s) in front of every window: auto (what "
+                                                    "the model's tokenizer puts in front of a plain call: BOS, or nothing), "
+                                                    "none, bos, eos, a token id or a token's text. Recorded in every output.")
 DeviceMapOpt = typer.Option(None, "--device-map", help="auto, balanced or sequential: accelerate spreads the layers over "
                                                        "the GPUs (then CPU RAM); replaces --device.")
 BackendOpt = typer.Option("torch", "--backend", help="torch (hooks, weight edits) or nnsight (reductions and edits inside "
@@ -88,6 +91,10 @@ def scan_cmd(
     k: int = typer.Option(5, "--k", help="Number of massive neurons / weights."),
     ratio: float = typer.Option(1000.0, "--ratio", help="Massive if |v| > ratio x the layer median ..."),
     abs_threshold: float = typer.Option(100.0, "--abs", help="... and |v| > this."),
+    prepend: str = PrependOpt,
+    compare: bool = typer.Option(False, "--compare-prepend", help="Scan once per window protocol (--prepend, then the "
+                                                                   "other distinct ones of none, bos, eos) and show origin "
+                                                                   "layers and carriers side by side."),
     backend: str = BackendOpt,
     remote: Optional[str] = RemoteOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -109,15 +116,46 @@ def scan_cmd(
     loaded, backend, where = _load_for(model, backend, remote, dtype, device, download, trust_remote_code, device_map)
     if k > d_ff(hf_module(loaded.model)):
         raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(hf_module(loaded.model))}")
+    opts = dict(name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k, ratio=ratio,
+                abs_threshold=abs_threshold, backend=backend, remote=where)
+    if compare:
+        from analyses.prepend import alternatives, compare_prepend
+        from probe.data import window_protocol
+
+        first = window_protocol(loaded.tokenizer, prepend).ids
+        chosen = [prepend, *(p for p in alternatives(loaded.tokenizer) if window_protocol(loaded.tokenizer, p).ids != first)]
+        with _progress(as_json, "scanning", n_seqs * len(chosen)) as advance:
+            comparison = compare_prepend(loaded.model, loaded.tokenizer, chosen, progress=advance, **opts)
+        if as_json:
+            print(json.dumps(comparison.to_dict()))
+            return
+        _render_comparison(comparison)
+        return
     with _progress(as_json, "scanning", n_seqs) as advance:
-        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k,
-                      ratio=ratio, abs_threshold=abs_threshold, progress=advance, backend=backend, remote=where)
+        result = scan(loaded.model, loaded.tokenizer, prepend=prepend, progress=advance, **opts)
     if as_json:
         print(json.dumps(result.to_dict()))
         return
     from analyses.massive import render_scan
 
     render_scan(result, out)
+
+
+def _render_comparison(comparison: Any) -> None:
+    table = Table("protocol", "origin", "massive dims", "carrier (pos, dim, value, token)", "first token carries top dim",
+                  "top neuron", "super weight (layer, row, col)", "max |h|",
+                  title=f"Massive activations of {comparison.model} under each window protocol")
+    for r in comparison.rows():
+        c = r["carrier"]
+        table.add_row(r["protocol"], str(r["origin_layer"]), str(r["massive_dims"][:4]),
+                      "-" if c is None else f"{c['position']}, {c['dim']}, {c['value']:.1f}, {c['token']!r}",
+                      "-" if r["first_token_windows"] is None else f"{r['first_token_windows']} of {r['n_windows']} windows",
+                      str(r["top_neuron"]), str(r["super_weight"]), f"{r['max_abs']:.1f}")
+    out.print(table)
+    for warning in comparison.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if not comparison.warnings:
+        out.print("origin layer, top massive dim, carrier position and super weight agree under every protocol")
 
 
 @app.command("ablate")
@@ -143,6 +181,7 @@ def ablate_cmd(
                                                                           "GPU count with --device-map auto, on GPU nodes)."),
     per_request: int = typer.Option(1, "--per-request", help="With --remote: (plan, batch of 8 windows) jobs sent in "
                                                              "one request, as one forward pass (fewer, larger requests)."),
+    prepend: str = PrependOpt,
     backend: str = BackendOpt,
     remote: Optional[str] = RemoteOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -157,7 +196,6 @@ def ablate_cmd(
     from analyses.evaluate import eval_rows
     from analyses.massive import scan
 
-    from probe.data import load_corpus, token_windows
     from probe.errors import ProbeError
 
     if set(evals.split(",")) - {"ppl", "tasks"}:
@@ -175,10 +213,9 @@ def ablate_cmd(
     loaded, backend, where = _load_for(model, backend, remote, dtype, device, download, trust_remote_code, device_map)
     opts = dict(backend=backend, remote=where)
     with _progress(as_json, "scanning", 16) as advance:
-        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance, **opts)
-    rows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=128, n_seqs=16)
-    plans = make_plans(loaded.model, rows, result, mode, ks, layer=layer, seeds=seeds, **opts)
-    ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
+        result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, progress=advance, prepend=prepend, **opts)
+    plans = make_plans(loaded.model, None, result, mode, ks, layer=layer, seeds=seeds, **opts)
+    ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs, prepend=prepend)
     with _progress(as_json, "evaluating", len(plans) + 1) as advance:
         if ray:
             from analyses.sweep import run_plans_ray
@@ -190,7 +227,8 @@ def ablate_cmd(
         else:
             table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,
                               limit=limit, per_request=per_request, **opts)
-    table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, **table}
+    table = {"model": model, "mode": mode, "origin_layer": result.origin_layer, "protocol": result.protocol,
+             "warnings": result.warnings, **table}
     if as_json:
         print(json.dumps(table))
         return
@@ -199,13 +237,16 @@ def ablate_cmd(
                        title=f"Ablations of {model}: baseline ppl {table['baseline']['ppl']:.2f} "
                              f"({table['baseline']['n_tokens']} tokens of {corpus})"
                              + "".join(f", {n} acc {v['acc']:.3f} (chance {v['chance']})"
-                                       for n, v in table["baseline"].get("tasks", {}).items()))
+                                       for n, v in table["baseline"].get("tasks", {}).items()),
+                       caption=f"window protocol: {result.protocol['text']}")
     for row in table["results"]:
         what = row["neurons"] or row["dims"]
         rich_table.add_row(row["mode"], str(row["layer"]), str(row["k"]), "" if row["seed"] is None else str(row["seed"]),
                            ", ".join(map(str, what)), f"{row['ppl']:.2f}", f"{row['ratio']:.2f}",
                            *[f"{row['tasks'][n]['acc']:.3f}" for n in names])
     out.print(rich_table)
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 @app.command("geometry")
@@ -219,6 +260,7 @@ def geometry_cmd(
     k: int = typer.Option(128, "--k", help="Neighbours per token for the local TwoNN (paper: 128)."),
     top_classes: int = typer.Option(512, "--top-classes", help="Collapse classes: the most frequent next tokens (0: all)."),
     min_count: int = typer.Option(2, "--min-count", help="Collapse classes need at least this many samples."),
+    prepend: str = PrependOpt,
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     download: bool = DownloadOpt,
@@ -237,7 +279,7 @@ def geometry_cmd(
     with _progress(as_json, "capturing", n_seqs) as advance:
         result = geometry(loaded.model, loaded.tokenizer, name=model, corpus=corpus, layers=chosen, n_seqs=n_seqs,
                           seq_len=seq_len, lid_points=n_tokens, k=k, top_classes=top_classes or None,
-                          min_count=min_count, progress=advance)
+                          min_count=min_count, progress=advance, prepend=prepend)
     if as_json:
         print(json.dumps(result.to_dict(), allow_nan=True))
         return
@@ -245,7 +287,7 @@ def geometry_cmd(
             "fisher_ratio": "Fisher", "cone": "cone", "nc3": "NC3", "nc4": "NC4"}
     table = Table("layer", "LID", "LID med", "points", *keys.values(),
                   title=f"Geometry of {model}: {result.n_tokens} tokens of {corpus}, k={k}, "
-                        f"{result.n_classes} next-token classes")
+                        f"{result.n_classes} next-token classes", caption=f"window protocol: {result.protocol['text']}")
     for g in result.layers:
         table.add_row(str(g.layer), f"{g.lid_mean:.2f}", f"{g.lid_median:.2f}", str(g.n_points),
                       *[f"{g.collapse[key]:.3g}" if key in g.collapse else "-" for key in keys])
@@ -283,6 +325,10 @@ def report_cmd(
     lid_points: int = typer.Option(2000, "--n-tokens", help="Token vectors sampled per layer for the LID."),
     lid_k: int = typer.Option(64, "--lid-k", help="Neighbours per token for the local TwoNN."),
     static: bool = typer.Option(False, "--static", help="Also write every figure as a PNG (matplotlib) next to the report."),
+    prepend: str = PrependOpt,
+    compare: bool = typer.Option(True, "--compare-prepend/--no-compare-prepend",
+                                 help="Also scan under the other window protocols (a few seconds each) and flag in the "
+                                      "report when the origin layer, carrier or super weight moves."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
     download: bool = DownloadOpt,
@@ -297,14 +343,16 @@ def report_cmd(
 
     from analyses import sections as S
     from analyses.report import write_report
+    from probe.data import window_protocol
 
     start = time.perf_counter()
     chosen = S.parse_sections(sections)
-    cfg = S.ReportConfig(corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k, eval_seqs=eval_seqs,
+    cfg = S.ReportConfig(corpus=corpus, prepend=prepend, compare_prepend=compare, n_seqs=n_seqs, seq_len=seq_len, k=k, eval_seqs=eval_seqs,
                          geometry_seqs=n_seqs, lid_points=lid_points, lid_k=lid_k)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name.removesuffix(".gguf")) or "model"
     out = Path(out_dir or f"figures/{name}-{date.today()}")
     loaded = _load(model, dtype, device, download, trust_remote_code)
+    window_protocol(loaded.tokenizer, prepend)  # a bad --prepend fails before the long run
     parts, results, scan = [], {}, None
     if "massive" in chosen:
         with _progress(quiet, "scanning", 1):
@@ -322,8 +370,11 @@ def report_cmd(
             found, geo = S.geometry_sections(loaded, cfg, chosen, progress=advance)
         parts += found
         results["geometry"] = geo.to_dict()
-    head = S.header(loaded, corpus, f"{n_seqs * seq_len} scanned ({n_seqs} x {seq_len})")
+    head = S.header(loaded, corpus, f"{n_seqs * seq_len} scanned ({n_seqs} x {seq_len})", prepend=prepend)
     results["header"] = head
+    results["protocol"] = window_protocol(loaded.tokenizer, prepend).to_dict()
+    warnings = [*(scan.warnings if scan else []), *results.get("prepend_comparison", {}).get("warnings", [])]
+    results["warnings"] = warnings
 
     def pngs(folder: Path) -> None:
         from analyses.static import save_png
@@ -332,7 +383,7 @@ def report_cmd(
         for n, (title, i, fig) in enumerate(figs, 1):
             save_png(fig, folder / f"{n:02d}-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}-{i + 1}.png")
 
-    path = write_report(out, head, parts, results, extra=pngs if static else None)
+    path = write_report(out, head, parts, results, extra=pngs if static else None, warnings=warnings)
     size = path.stat().st_size / 2**20
     err.print(f"wrote {path} ({size:.1f} MiB) and {path.with_name('results.json').name}"
               + (" and PNGs" if static else "") + f" in {time.perf_counter() - start:.0f} s")
@@ -354,6 +405,7 @@ def finetune_cmd(
                               help="lm-eval tasks scored before and after (empty: none)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, the adapter init and the masks."),
+    prepend: str = PrependOpt,
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/finetune-<macdrop>-<date>)."),
     dtype: Optional[str] = DtypeOpt,
     device: str = DeviceOpt,
@@ -380,16 +432,16 @@ def finetune_cmd(
     corpus = "stdlib" if data == "builtin" else data
     cfg = FinetuneConfig(method=method, macdrop=macdrop, p0=p0, k=k, steps=steps, eval_every=eval_every,
                          corpus=corpus, track=tracked, tasks=tuple(t for t in tasks.split(",") if t), task_limit=limit,
-                         seed=seed)
+                         seed=seed, prepend=prepend)
     loaded = _load(model, dtype, device, download, trust_remote_code)
-    result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, k=k)
+    result = scan(loaded.model, loaded.tokenizer, name=model, corpus=corpus, k=k, prepend=prepend)
     if result.origin_layer is None:
         raise ProbeError("no massive activation found, so there are no massive weights to drop")
     with _progress(quiet, "fine-tuning", steps) as advance, _hushed(quiet):
         peft_model, log = finetune(loaded.model, loaded.tokenizer, result.origin_layer, result.massive_neurons, cfg,
                                    progress=advance)
     tokens = f"{steps} steps x {cfg.batch_size} x {cfg.seq_len} training tokens; held-out {cfg.eval_seqs} x {cfg.eval_len}"
-    save(peft_model, log, out, header(loaded, corpus, tokens))
+    save(peft_model, log, out, header(loaded, corpus, tokens, prepend=prepend))
     first, last = log.evals[0], log.evals[-1]
     err.print(f"held-out loss {first['loss']:.4f} -> {last['loss']:.4f} (ppl {first['ppl']:.2f} -> {last['ppl']:.2f})"
               + "".join(f"; {t} acc {log.zero_shot['before'][t]['acc']:.3f} -> {log.zero_shot['after'][t]['acc']:.3f}"

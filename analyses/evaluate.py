@@ -1,9 +1,10 @@
 """Re-evaluate a (possibly edited) model: perplexity on a corpus.
 
 Perplexity protocol (:func:`perplexity`): rows come from :func:`probe.data.token_windows`
-(default: the stdlib corpus, ``seq_len=256``, one ``<|endoftext|>`` prepended, no overlap,
-the first ``n_seqs`` windows). Within a row every position ``t >= 1`` is scored: the model
-predicts token ``t`` from tokens ``< t``, so the prepended token is context only. With ``N``
+(default: the stdlib corpus, ``seq_len=256``, the model's own prefix (``prepend="auto"``: what
+``tokenizer(text)`` puts in front, e.g. BOS, or nothing), no overlap, the first ``n_seqs``
+windows). Within a row every position ``t >= 1`` is scored: the model predicts token ``t`` from
+tokens ``< t``, so a prepended token is context only (without one, the first text token is). With ``N``
 scored tokens in all,
 
     ppl = exp( -(1/N) * sum_rows sum_{t>=1} log softmax(logits[t-1])[token_t] ).
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe.arch import input_device
 from probe.data import load_corpus, token_windows
 
 
@@ -43,9 +45,10 @@ class Perplexity:
         return asdict(self)
 
 
-def eval_rows(tokenizer: Any, corpus: str = "stdlib", seq_len: int = 256, n_seqs: int = 16) -> torch.Tensor:
-    """The evaluation rows of the protocol in the module docstring."""
-    return token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
+def eval_rows(tokenizer: Any, corpus: str = "stdlib", seq_len: int = 256, n_seqs: int = 16,
+              prepend: str | int | None = "auto") -> torch.Tensor:
+    """The evaluation rows of the protocol in the module docstring (``prepend``: :func:`probe.data.window_protocol`)."""
+    return token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
 
 
 def sum_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,7 @@ def perplexity(
     progress: Callable[[int], None] | None = None,
 ) -> Perplexity:
     """Perplexity of ``model`` on ``rows`` ``(n, seq_len)`` by the protocol in the module docstring."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     total, count = 0.0, 0
     for start in range(0, rows.shape[0], batch_size):
         batch = rows[start : start + batch_size].to(device)

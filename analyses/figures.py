@@ -31,10 +31,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from analyses.massive import RATIOS, MassiveScan
+from analyses.massive import RATIOS, MassiveScan, scan_windows
 from probe.arch import arch_for, weight_view
 from probe.capture import capture
-from probe.data import load_corpus, token_windows
 from probe.display import Figured
 from probe.errors import ProbeError
 from probe.reducers import Full
@@ -251,15 +250,10 @@ class OriginDetail(Figured):
 
 
 def carrier_ids(tokenizer: Any, scan: MassiveScan) -> torch.Tensor:
-    """The scan's sequence that carries its strongest massive activation, re-cut from its corpus
-    with the scan's windowing (:func:`probe.data.token_windows`)."""
-    if scan.origin_layer is None:
+    """The scan's window that carries its strongest massive activation (``scan.carrier``)."""
+    if scan.carrier is None:
         raise ProbeError("the scan found no massive activations; pass the token ids of a sequence to origin_detail")
-    main = scan.massive_tokens[0]
-    entry = next(e for e in scan.layers[scan.origin_layer].massive
-                 if (e["position"], e["token"]) == (main["position"], main["token"]))
-    rows = token_windows(tokenizer, load_corpus(scan.corpus), seq_len=scan.seq_len, n_seqs=scan.n_seqs)
-    return rows[entry["batch"]]
+    return scan_windows(tokenizer, scan)[scan.carrier["batch"]]
 
 
 def origin_detail(model: torch.nn.Module, tokenizer: Any, scan: MassiveScan, ids: torch.Tensor | None = None,
@@ -282,8 +276,7 @@ def origin_detail(model: torch.nn.Module, tokenizer: Any, scan: MassiveScan, ids
     post = cap[points[1]][0, position]
     k = k or len(scan.massive_neurons) or 5
     arch = arch_for(model)
-    names = ["W_up", "W_gate"] if arch.gated else ["W_in"]
-    norms = {n: weight_view(model, layer, n, arch).matrix.float().norm(dim=1).cpu().numpy() for n in names}
+    norms = {n: weight_view(model, layer, n, arch).matrix.float().norm(dim=1).cpu().numpy() for n in arch.ffn_in_names}
     return OriginDetail(
         model=scan.model, layer=layer, ids=ids.tolist(), tokens=tokenizer.convert_ids_to_tokens(ids.tolist()),
         position=position, dim=dim, resid=resid.numpy(), post=post.numpy(),
@@ -367,7 +360,8 @@ def weight_row_norms(detail: OriginDetail) -> go.Figure:
             line={"color": colors[i % 2], "width": 2}, customdata=order,
             hovertemplate=f"{name} row %{{customdata}}<br>norm %{{y:.4g}} · rank %{{x}}<extra></extra>"))
     rows = list(detail.neurons)
-    label = "massive rows" + (" (● W_up, ◆ W_gate)" if len(detail.row_norms) > 1 else "")
+    label = "massive rows" + (f" ({', '.join(f'{s} {n}' for s, n in zip('●◆', detail.row_norms))})"
+                              if len(detail.row_norms) > 1 else "")
     for i, (name, norms) in enumerate(detail.row_norms.items()):
         fig.add_trace(go.Scatter(
             x=ranked[name][rows], y=norms[rows], mode="markers+text", name=label,

@@ -40,7 +40,7 @@ from analyses.report import new_folder, write_csv, write_report
 from analyses.tasks import OFFLINE_TASKS, zero_shot
 from probe.arch import n_layers
 from probe.capture import capture
-from probe.data import load_corpus, token_windows
+from probe.data import load_corpus, token_windows, window_protocol
 from probe.errors import ProbeError
 from probe.reducers import Full
 
@@ -63,6 +63,7 @@ class FinetuneConfig:
     eval_seqs: int = 8
     eval_len: int = 256
     corpus: str = "stdlib"
+    prepend: str = "auto"  # window protocol (probe.data.window_protocol)
     track: tuple[str, ...] = ("massive", "lid")
     lid_points: int = 600
     lid_k: int = 32
@@ -99,7 +100,7 @@ def _peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
 def train_rows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
     """Training windows, after the tokens of the held-out windows."""
     skip = math.ceil(cfg.eval_seqs * cfg.eval_len / cfg.seq_len)
-    rows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len)[skip:]
+    rows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len, prepend=cfg.prepend)[skip:]
     if len(rows) < cfg.batch_size:
         raise ProbeError(f"the corpus has only {len(rows)} training windows after the held-out ones")
     return rows
@@ -123,7 +124,7 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
         out["massive"] = float(full[points[0]].abs().max())
     if "lid" in cfg.track:
         for name, point in (("lid_origin", points[0]), ("lid_last", points[1])):
-            X = full[point][:, 1:].reshape(-1, full[point].shape[-1]).numpy()  # position 0 is the same everywhere
+            X = full[point][:, 1:].reshape(-1, full[point].shape[-1]).numpy()  # position 0, the sink, left out
             X = X[np.random.default_rng(cfg.seed).permutation(len(X))[: cfg.lid_points]]
             out[name] = LocalTwoNN(n_neighbors=cfg.lid_k, max_points=None).fit(X).dimension_
     if "collapse" in cfg.track:
@@ -146,9 +147,9 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg:
     drop = MacDrop(peft_model, layer, rows[: cfg.k],
                    schedule(cfg.macdrop, cfg.p0 if cfg.macdrop != "none" else 0.0, cfg.steps, cfg.alpha), cfg.seed)
     data = train_rows(tokenizer, cfg)
-    held_out = eval_rows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs)
+    held_out = eval_rows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
-    log = FinetuneLog(asdict(cfg), layer, rows[: cfg.k])
+    log = FinetuneLog({**asdict(cfg), "protocol": window_protocol(tokenizer, cfg.prepend).to_dict()}, layer, rows[: cfg.k])
     if cfg.tasks:
         log.zero_shot["before"] = zero_shot(base_model(peft_model).eval(), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     log.evals.append({"step": 0, **evaluate(peft_model, held_out, layer, cfg)})

@@ -5,7 +5,7 @@ reducers per layer on ``blocks.{l}.hook_resid_post``:
 
 - **LID** (Ruppik et al. 2025, "Less is More", arXiv:2506.01034): a uniform reservoir sample of
   ``lid_points`` token vectors; duplicate vectors are removed (``np.unique`` on rows: the same
-  token in the same context gives the same vector, e.g. every window's first token), then
+  token in the same context gives the same vector, e.g. a prepended first token), then
   :class:`analyses.lid.LocalTwoNN` with ``k`` neighbours gives one value per token; the headline
   is their mean.
 - **Neural collapse with next tokens as classes** (Wu & Papyan 2024, "Linguistic Collapse"):
@@ -30,7 +30,7 @@ from analyses.collapse import CollapseStats
 from analyses.lid import LocalTwoNN
 from probe.arch import n_layers
 from probe.capture import capture
-from probe.data import load_corpus, token_windows
+from probe.data import load_corpus, token_windows, window_protocol
 from probe.display import Figured
 from probe.errors import LayerError, ProbeError
 from probe.reducers import Batch, Reducer, Reservoir
@@ -107,6 +107,7 @@ class Geometry(Figured):
     n_classes: int
     min_count: int
     layers: list[LayerGeometry]
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,14 +164,16 @@ def geometry(
     batch_size: int = 8,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    prepend: str | int | None = "auto",
 ) -> Geometry:
-    """LID and collapse metrics of ``hook_resid_post`` for ``layers`` (default all), one pass."""
+    """LID and collapse metrics of ``hook_resid_post`` for ``layers`` (default all), one pass;
+    windows by the protocol of :mod:`probe.data` (``prepend``)."""
     L = n_layers(model)
     layers = list(range(L)) if layers is None else list(layers)
     bad = [l for l in layers if not 0 <= l < L]
     if bad or not layers:
         raise LayerError(f"layers {bad or layers} out of range: the model has layers 0..{L - 1}")
-    rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
+    rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
     classes = next_token_classes(rows, top_classes, min_count)
     points = [f"blocks.{l}.hook_resid_post" for l in layers]
     reduce = {"sample": Reservoir(lid_points, seed), "collapse": NextTokenCollapse(classes, min_count)}
@@ -193,7 +196,7 @@ def geometry(
     W_U = model.get_output_embeddings().weight.detach().double().cpu().numpy()
     out = [_layer(l, results[p], rows, predictions, classes, W_U, k, seed) for l, p in zip(layers, points)]
     return Geometry(name, corpus, rows.shape[0], rows.shape[1], rows.numel(), k, lid_points,
-                    len(classes), min_count, out)
+                    len(classes), min_count, out, window_protocol(tokenizer, prepend).to_dict())
 
 
 def _layer(l: int, res: dict[str, Any], rows: torch.Tensor, predictions: torch.Tensor,

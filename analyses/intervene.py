@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from analyses.evaluate import Perplexity, sum_nll
-from probe.arch import arch_for, d_ff, get_path, layer, weight_view
+from probe.arch import arch_for, d_ff, get_path, input_device, layer, weight_view
 from probe.backends import as_nnsight, envoy_at, hf_module, module_paths, portable, shipped
-from probe.capture import _device
 from probe.errors import EditError, ProbeError
 from probe.hookpoints import HookPoint, resolve
 from probe.offload import held
@@ -78,7 +77,7 @@ def steps(model: nn.Module, plan: Plan, seq_len: int) -> list[Step]:
         chosen = set(plan.neurons)
         rows = [n for n in range(width) if n not in chosen] if plan.mode == "retain" else list(plan.neurons)
         cols: dict[str, list[int]] = {}
-        for name in ("W_gate", "W_up") if arch.gated else ("W_in",):
+        for name in arch.ffn_in_names:
             view = weight_view(model, plan.layer, name, arch)
             cols.setdefault(paths[id(view.module)], []).extend(view.row_offset + n for n in rows)
         return [Step("fill", path, plan.layer, tuple(c)) for path, c in cols.items()]
@@ -149,7 +148,7 @@ def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | N
         raise ProbeError(f"per_request={per_request}: give 1, or more with remote (jobs batched into one request)")
     runner = as_nnsight(model, remote, tokenizer)
     todo = [steps(hf_module(runner), plan, rows.shape[1]) if plan is not None else [] for plan in plans]
-    device = torch.device("cpu") if remote else _device(hf_module(runner))
+    device = torch.device("cpu") if remote else input_device(hf_module(runner))
     starts = range(0, rows.shape[0], batch_size)
     jobs = [(i, start) for i in range(len(plans)) for start in starts]
     totals, left = [0.0] * len(plans), [len(starts)] * len(plans)

@@ -75,9 +75,7 @@ class MacDrop:
         L = n_layers(base)
         if not 0 <= layer < L:
             raise LayerError(f"layer {layer} out of range 0..{L - 1}")
-        arch = arch_for(base)
-        roles = ("W_gate", "W_up") if arch.gate else ("W_in",)
-        views = [weight_view(base, layer, role) for role in roles]
+        views = [weight_view(base, layer, name) for name in arch_for(base).ffn_in_names]
         self.weights = [v.matrix for v in views]
         d_ff = self.weights[0].shape[0]
         if not rows or len(set(rows)) != len(rows) or not all(0 <= r < d_ff for r in rows):

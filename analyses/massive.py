@@ -11,11 +11,17 @@ Definitions (thresholds are parameters):
   (sequence, position, dim) in the next layer (massive activations persist across layers, Sun
   et al. §2; the persistence check drops one-layer spikes that only graze the threshold); also
   reported for ratios 100, 300, 1000 and 3000.
+- **Carrier**: the position whose token carries massive activations at the origin layer in
+  the most windows (usually position 0, the first token; ties go to the larger value), and its
+  strongest entry there (``MassiveScan.carrier``: window, position, dim, value, token). Per
+  massive dim, ``carriers`` counts the windows in which it is massive at all and on the first
+  token; a dim massive in fewer than half the windows is reported in ``warnings`` (the picture
+  then depends on the text rather than on a fixed sink, and may move with the window protocol:
+  :mod:`analyses.prepend`).
 - **Top-k massive neurons**: the ``k`` dims of the FFN intermediate state
   ``act(W_gate x) * (W_up x)`` (the input of ``down_proj``) with the largest ``|value|`` at the
-  origin layer, on the token carrying the massive activation (the most frequent carrier
-  position/token, e.g. the first token; its strongest entry). The **massive weights**
-  are those rows of ``W_up`` and ``W_gate`` (``W_in`` when not gated).
+  origin layer, on the carrier token. The **massive weights** are those rows of
+  ``Arch.ffn_in_names`` (``W_up`` and ``W_gate``, or ``W_in`` when not gated).
 - **Super weight** (Yu et al. 2024, "The Super Weight in LLMs"): ``W_down[d, n]`` for the top
   massive residual dim ``d`` and the top neuron ``n``. **Candidates** in every layer: the
   neuron with the largest input spike to ``down_proj`` and the dim with the largest output
@@ -24,9 +30,13 @@ Definitions (thresholds are parameters):
   ``|value|`` exceeds ``precursor_ratio`` (100) times the layer median), which on some models
   comes many layers before the origin.
 - **Attribution**: the massive value at the origin layer split into the residual stream entering
-  the block, the attention output and the FFN output (``other`` is what post-sublayer norms or
-  parallel residuals add), so a massive activation that does not come from the FFN is reported
-  as such.
+  the block and what the attention and the FFN add to it (after any norm on their outputs;
+  :func:`_attribution`), so a massive activation that does not come from the FFN is reported as
+  such.
+
+Windows follow the protocol of :mod:`probe.data` (``prepend``, default: what the model's
+tokenizer puts in front of a plain call); the scan keeps them (``MassiveScan.windows``) and
+records the protocol (``MassiveScan.protocol``).
 
 The scan streams through :mod:`probe.reducers`; only one sequence is re-run with full tensors
 of the origin layer, for the neurons and the attribution.
@@ -46,7 +56,9 @@ there is an origin layer, one for the re-run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -55,7 +67,7 @@ from probe.arch import Arch, arch_for, n_layers, weight_view
 from probe.arch import layer as block
 from probe.backends import as_nnsight, call_on_model, hf_module
 from probe.capture import capture, run_all
-from probe.data import load_corpus, token_windows
+from probe.data import load_corpus, token_windows, window_protocol
 from probe.display import Figured
 from probe.errors import ProbeError
 from probe.offload import held
@@ -78,7 +90,7 @@ class LayerScan:
 
     @property
     def ratio(self) -> float:
-        return self.max / self.median if self.median > 0 else float("inf")
+        return _over(self.max, self.median)
 
 
 @dataclass
@@ -104,11 +116,31 @@ class MassiveScan(Figured):
     super_weight_candidates: list[dict[str, Any]] = field(default_factory=list)
     precursors: list[dict[str, Any]] = field(default_factory=list)
     attribution: dict[str, Any] | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    carrier: dict[str, Any] | None = None
+    carriers: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    windows: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """Every field but ``windows`` (the token ids, which ``protocol`` and ``corpus`` reproduce)."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "windows"}
         out["layers"] = [{**asdict(l), "ratio": l.ratio} for l in self.layers]
         return out
+
+    def carried_by(self, top: int = 3) -> str:
+        """Which positions carry the massive activations, e.g. ``position 0 in 16 of 16 windows
+        ('<|im_start|>' x16)``: the ``top`` positions, with their most frequent tokens."""
+        if not self.massive_tokens:
+            return "nothing"
+        parts = []
+        for t in self.massive_tokens[:top]:
+            tokens = ", ".join(f"{tok!r} x{n}" for tok, n in list(t["tokens"].items())[:3])
+            more = len(t["tokens"]) - 3
+            parts.append(f"position {t['position']} in {t['windows']} of {self.n_seqs} windows ({tokens}"
+                         + (f", {more} more tokens" if more > 0 else "") + ")")
+        rest = len(self.massive_tokens) - top
+        return "; ".join(parts) + (f"; {rest} more positions" if rest > 0 else "")
 
     def figure(self) -> Any:
         """The residual-stream profile per layer (:func:`analyses.figures.residual_profile`)."""
@@ -133,8 +165,13 @@ def scan(
     batch_size: int = 8,
     backend: str = "torch",
     remote: bool | str = False,
+    prepend: str | int | None = "auto",
+    windows: torch.Tensor | None = None,
 ) -> MassiveScan:
-    """Scan ``n_seqs`` windows of ``corpus`` (protocol of :mod:`probe.data`) for massive activations.
+    """Scan ``n_seqs`` windows of ``corpus`` (protocol of :mod:`probe.data`, ``prepend``) for
+    massive activations; or the token ids ``windows`` ``(n, seq_len)`` given directly (then
+    ``corpus`` only names them and ``prepend`` says what their first tokens are, e.g. ``None``;
+    ``tokenizer`` may be ``None``, token strings are then the ids).
 
     ``backend``: ``"torch"`` or ``"nnsight"``; ``remote`` (nnsight only): ``True`` runs on NDIF
     (``model`` = :func:`probe.models.load_remote`), ``"local"`` simulates that offline (see the
@@ -142,7 +179,13 @@ def scan(
     """
     if backend not in ("torch", "nnsight"):
         raise ProbeError(f"scan runs on backend 'torch' or 'nnsight', not {backend!r}")
-    rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs)
+    protocol = window_protocol(tokenizer, prepend)
+    if windows is None:
+        rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
+    else:
+        rows = torch.as_tensor(windows, dtype=torch.long)
+        if rows.dim() != 2 or rows.numel() == 0:
+            raise ProbeError(f"windows must be a non-empty (n, seq_len) tensor of token ids, got shape {tuple(rows.shape)}")
     runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
     hf = hf_module(runner)
     arch = arch_for(hf)
@@ -155,7 +198,7 @@ def scan(
             run_all([resid, ffn], rows[start : start + batch_size])
             if progress:
                 progress(min(batch_size, rows.shape[0] - start))
-    tok = lambda i: tokenizer.convert_ids_to_tokens(int(i))  # noqa: E731
+    tok = (lambda i: str(int(i))) if tokenizer is None else (lambda i: tokenizer.convert_ids_to_tokens(int(i)))
     layers: list[LayerScan] = []
     big_by_layer: list[list[dict[str, Any]]] = []
     for l in range(L):
@@ -171,7 +214,7 @@ def scan(
     origin_by_ratio = {f"{int(q)}x": _origin(layers, big_by_layer, q) for q in RATIOS}
     origin = _origin(layers, big_by_layer, ratio)
     result = MassiveScan(name, corpus, rows.shape[0], rows.shape[1], rows.numel(), abs_threshold, ratio, layers,
-                         origin, origin_by_ratio, [], [])
+                         origin, origin_by_ratio, [], [], protocol=protocol.to_dict(), windows=rows)
     spikes = _spikes(ffn, L, tok, rows)
     cells = [(c["layer"], c["row"], c["col"]) for c in spikes]
     if origin is None:
@@ -179,13 +222,25 @@ def scan(
         result.super_weight_candidates = _candidates(spikes, values)
         return result
     massive = layers[origin].massive
-    result.massive_dims = list(dict.fromkeys(e["dim"] for e in massive))
     result.massive_tokens = _token_summary(massive)
+    position = result.massive_tokens[0]["position"]
+    result.carrier = next(e for e in massive if e["position"] == position)  # entries come strongest first
+    result.massive_dims = list(dict.fromkeys([result.carrier["dim"], *(e["dim"] for e in massive)]))
+    result.carriers = _carriers(massive, result.massive_dims, rows.shape[0])
+    result.warnings = _fragile(result.carriers)
     result.precursors = _precursors(resid, layers, result.massive_dims, origin, precursor_ratio)
-    main = result.massive_tokens[0]
-    carrier = next(e for e in massive if (e["position"], e["token"]) == (main["position"], main["token"]))
-    _neurons_and_weights(runner, arch, rows, result, carrier, k, cells, spikes, opts)
+    _neurons_and_weights(runner, arch, rows, result, result.carrier, k, cells, spikes, opts)
     return result
+
+
+def scan_windows(tokenizer: Any, result: MassiveScan) -> torch.Tensor:
+    """The token windows ``result`` scanned: kept on the result, else re-cut from its corpus
+    with its protocol (a scan loaded from JSON)."""
+    if result.windows is not None:
+        return result.windows
+    prepend = result.protocol["ids"] if result.protocol else "auto"
+    return token_windows(tokenizer, load_corpus(result.corpus), seq_len=result.seq_len, n_seqs=result.n_seqs,
+                         prepend=prepend)
 
 
 def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], layer: int,
@@ -223,24 +278,61 @@ def _origin(layers: list[LayerScan], big: list[list[dict[str, Any]]], ratio: flo
 
 
 def _token_summary(massive: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Which (position, token) pairs carry massive activations, most frequent first."""
-    counts: dict[tuple[int, str], dict[str, Any]] = {}
-    for e in massive:
-        key = (e["position"], e["token"])
-        item = counts.setdefault(key, {"position": e["position"], "token": e["token"], "count": 0, "dims": []})
+    """Which positions carry massive activations, in the most windows first (then by value):
+    per position the number of ``windows``, of massive entries (``count``), the ``dims``, the
+    tokens seen there with their window counts (``tokens``) and the most frequent one (``token``)."""
+    by: dict[int, dict[str, Any]] = {}
+    for e in massive:  # strongest first
+        item = by.setdefault(e["position"], {"position": e["position"], "count": 0, "dims": [], "_windows": {},
+                                             "max": abs(e["value"])})
         item["count"] += 1
+        item["_windows"].setdefault(e["batch"], e["token"])
         if e["dim"] not in item["dims"]:
             item["dims"].append(e["dim"])
-    return sorted(counts.values(), key=lambda i: -i["count"])
+    out = []
+    for item in sorted(by.values(), key=lambda i: (-len(i["_windows"]), -i["max"])):
+        tokens = Counter(item.pop("_windows").values())
+        del item["max"]
+        out.append({**item, "windows": sum(tokens.values()), "token": tokens.most_common(1)[0][0],
+                    "tokens": dict(tokens.most_common())})
+    return out
+
+
+def _carriers(massive: list[dict[str, Any]], dims: list[int], n_windows: int) -> list[dict[str, Any]]:
+    """Per massive dim: in how many windows it is massive at all (``windows``) and on the first
+    token (``first_token``), and the positions carrying it (position -> windows)."""
+    out = []
+    for d in dims:
+        seen = {(e["batch"], e["position"]) for e in massive if e["dim"] == d}
+        positions = Counter(p for _, p in seen)
+        out.append({"dim": d, "n_windows": n_windows, "windows": len({b for b, _ in seen}),
+                    "first_token": positions.get(0, 0), "positions": {str(p): c for p, c in positions.most_common()}})
+    return out
+
+
+def _fragile(carriers: list[dict[str, Any]]) -> list[str]:
+    """A warning per massive dim carried by fewer than half the windows."""
+    return [f"massive dim {c['dim']} is carried by {c['windows']} of {c['n_windows']} windows only (first token: "
+            f"{c['first_token']}): the picture depends on the text, not on a fixed sink, and may move with the "
+            "window protocol (compare with --compare-prepend)"
+            for c in carriers if 2 * c["windows"] < c["n_windows"]]
 
 
 def _precursors(resid: Any, layers: list[LayerScan], dims: list[int], origin: int, ratio: float) -> list[dict[str, Any]]:
     out = []
     for d in dims:
-        curve = [float(resid[f"blocks.{l.layer}.hook_resid_post"]["dims"].abs[d]) / l.median for l in layers]
+        curve = [_over(float(resid[f"blocks.{l.layer}.hook_resid_post"]["dims"].abs[d]), l.median) for l in layers]
         first = next((l for l in range(origin + 1) if curve[l] > ratio), origin)
         out.append({"dim": d, "layer": first, "ratio_at_precursor": curve[first], "ratio_by_layer": curve})
     return out
+
+
+def _over(value: float, median: float) -> float:
+    """``value / median``; ``inf`` when the median is 0 (a ReLU FFN such as OPT's leaves most
+    neurons at exactly 0) and the value is not, 0 when both are."""
+    if median > 0:
+        return value / median
+    return float("inf") if value > 0 else 0.0
 
 
 def _spikes(ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> list[dict[str, Any]]:
@@ -256,8 +348,8 @@ def _spikes(ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> 
         same = b == int(down["dims"].batch[d]) and p == int(down["dims"].position[d])
         out.append({
             "layer": l, "row": d, "col": n,
-            "input_spike": float(post["dims"].values[n]), "input_ratio": float(post["dims"].abs[n]) / post["stats"].median,
-            "output_spike": float(down["dims"].values[d]), "output_ratio": float(down["dims"].abs[d]) / down["stats"].median,
+            "input_spike": float(post["dims"].values[n]), "input_ratio": _over(float(post["dims"].abs[n]), post["stats"].median),
+            "output_spike": float(down["dims"].values[d]), "output_ratio": _over(float(down["dims"].abs[d]), down["stats"].median),
             "same_token": same, "position": p, "token": tok(rows[b, p]),
         })
     return out
@@ -278,14 +370,15 @@ def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: Mas
     l, b, p, d = result.origin_layer, top["batch"], top["position"], top["dim"]
     points = [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out", f"blocks.{l}.mlp.hook_post",
               f"blocks.{l}.mlp.hook_out", f"blocks.{l}.hook_resid_post"]
+    if arch.sequential:
+        points.insert(2, f"blocks.{l}.hook_resid_mid")
     with capture(model, points, reduce=Full(), **opts) as cap:
         cap.run(rows[b : b + 1])
     post = cap[f"blocks.{l}.mlp.hook_post"][0, p]
     vals, idx = post.abs().topk(k)
     result.massive_neurons = idx.tolist()
     result.neuron_values = post[idx].tolist()
-    up_name = "W_up" if arch.gated else "W_in"
-    names = [up_name, "W_gate"] if arch.gated else [up_name]
+    names = list(arch.ffn_in_names)
     n = int(idx[0])
     values, norms = call_on_model(model, read_weights, [*cells, (l, d, n)], l, names, input_ids=rows,
                                   remote=opts["remote"])
@@ -297,16 +390,31 @@ def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: Mas
                          "mean_row_norm": float(row_norms.mean()), "median_row_norm": float(row_norms.median())}
     result.massive_weights = {"layer": l, **weights}
     result.super_weight = {"layer": l, "row": d, "col": n, "value": values[-1]}
-    parts = {
-        "resid_pre": float(cap[f"blocks.{l}.hook_resid_pre"][0, p, d]),
-        "attn_out": float(cap[f"blocks.{l}.hook_attn_out"][0, p, d]),
-        "ffn_out": float(cap[f"blocks.{l}.mlp.hook_out"][0, p, d]),
-    }
-    total = float(cap[f"blocks.{l}.hook_resid_post"][0, p, d])
+    result.attribution = _attribution(arch, {name.split(".", 2)[-1]: cap[name][0, p, d].item() for name in points
+                                             if not name.endswith("hook_post")}, l, p, d)
+
+
+def _attribution(arch: Arch, at: dict[str, float], l: int, p: int, d: int) -> dict[str, Any]:
+    """Split the massive value ``hook_resid_post`` into what enters the block and what each sublayer
+    adds. Sequential blocks: ``attn_out = resid_mid - resid_pre`` and ``ffn_out = resid_post -
+    resid_mid``, so a norm on a sublayer's output (Gemma 2/3, OLMo-2) is part of its share and the
+    split is exact. Parallel blocks (GPT-NeoX): ``resid_post = resid_pre + attn + ffn``, exact too.
+    Post-LN blocks (BERT) normalise the sum, so their parts are the norm's inputs and ``other``
+    the norm's doing: ``exact`` is then ``False`` and ``note`` says why."""
+    total = at["hook_resid_post"]
+    if arch.sequential:
+        parts = {"resid_pre": at["hook_resid_pre"], "attn_out": at["hook_resid_mid"] - at["hook_resid_pre"],
+                 "ffn_out": total - at["hook_resid_mid"]}
+    else:
+        parts = {"resid_pre": at["hook_resid_pre"], "attn_out": at["hook_attn_out"], "ffn_out": at["mlp.hook_out"]}
     parts["other"] = total - sum(parts.values())
+    exact = arch.causal or arch.sequential  # BERT-style post-LN is the one family whose sum is normalised
     source = max(parts, key=lambda key: abs(parts[key]))
-    result.attribution = {"layer": l, "position": p, "dim": d, "value": total, "parts": parts, "source": source,
-                          "from_ffn": source == "ffn_out"}
+    out = {"layer": l, "position": p, "dim": d, "value": total, "parts": parts, "source": source,
+           "from_ffn": source == "ffn_out", "exact": exact}
+    if not exact:
+        out["note"] = "post-LN block: the parts are the inputs of the block's final norm, not additive shares"
+    return out
 
 
 def render_scan(result: MassiveScan, console: Any) -> None:
@@ -314,7 +422,8 @@ def render_scan(result: MassiveScan, console: Any) -> None:
     from rich.table import Table
 
     table = Table("layer", "max |h|", "median |h|", "max/median", "massive", "top (value @ pos, dim, token)",
-                  title=f"Residual stream of {result.model} on {result.n_tokens} tokens of {result.corpus}")
+                  title=f"Residual stream of {result.model} on {result.n_tokens} tokens of {result.corpus}",
+                  caption=f"window protocol: {result.protocol.get('text', '?')}")
     for layer in result.layers:
         t = layer.top[0]
         mark = " <- origin" if layer.layer == result.origin_layer else ""
@@ -326,8 +435,9 @@ def render_scan(result: MassiveScan, console: Any) -> None:
     if result.origin_layer is None:
         console.print("no massive activations at these thresholds")
         return
-    console.print(f"massive dims: {result.massive_dims}; carried by: "
-                  + ", ".join(f"{t['token']!r} at position {t['position']} (x{t['count']})" for t in result.massive_tokens))
+    console.print(f"massive dims: {result.massive_dims}; carried by {result.carried_by()}")
+    console.print("first token carries: " + ", ".join(
+        f"dim {c['dim']} in {c['first_token']} of {c['n_windows']} windows" for c in result.carriers))
     console.print(f"top-{len(result.massive_neurons)} massive neurons at layer {result.origin_layer}: {result.massive_neurons} "
                   f"(values {[round(v, 1) for v in result.neuron_values]})")
     sw = result.super_weight
@@ -340,3 +450,5 @@ def render_scan(result: MassiveScan, console: Any) -> None:
     cands = [c for c in result.super_weight_candidates if c["same_token"] and c["output_ratio"] > 100]
     console.print("super-weight candidates (input and output spike on one token, output > 100x median): "
                   + "; ".join(f"layer {c['layer']} W_down[{c['row']}, {c['col']}] = {c['value']:.3f}" for c in cands))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,8 @@ nav ol { margin: 4px 0 0; padding-left: 22px; }
 nav a { color: #0969da; text-decoration: none; }
 nav a:hover { text-decoration: underline; }
 .figure { margin: 12px 0 20px; }
+.warning { margin: 12px 0; padding: 8px 14px; background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; }
+.warning ul { margin: 4px 0; padding-left: 20px; }
 """
 
 
@@ -71,8 +73,9 @@ class Section:
     table: list[dict[str, Any]] | None = None
 
 
-def render_html(header: Mapping[str, str], sections: list[Section]) -> str:
-    """The whole page: header rows (key/value), a table of contents, then the sections.
+def render_html(header: Mapping[str, str], sections: list[Section], warnings: Sequence[str] = ()) -> str:
+    """The whole page: header rows (key/value), a banner with ``warnings`` (results that are
+    fragile, e.g. a massive activation carried by few windows), a table of contents, then the sections.
 
     Figure divs get stable ids ``fig-<section-slug>-<i>`` (``i`` from 0); sections get
     ``sec-<section-slug>``; a repeated title gets ``-2``, ``-3``… appended to its slug.
@@ -83,6 +86,8 @@ def render_html(header: Mapping[str, str], sections: list[Section]) -> str:
     meta = "".join(
         f"<tr><th>{esc(str(k))}</th><td>{_header_value(str(k), str(v))}</td></tr>" for k, v in header.items()
     )
+    banner = ("" if not warnings else '<div class="warning" role="alert"><strong>Fragile results</strong><ul>'
+              + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></div>")
     toc = "".join(f'<li><a href="#sec-{slug}">{esc(s.title)}</a></li>' for s, slug in zip(sections, slugs))
     body = "".join(_section_html(s, slug) for s, slug in zip(sections, slugs))
     # No '</script' may occur inside a script element; plotly.js has none today, but stay safe.
@@ -100,6 +105,7 @@ def render_html(header: Mapping[str, str], sections: list[Section]) -> str:
 <main>
 <h1>{esc(title)}</h1>
 <table class="meta">{meta}</table>
+{banner}
 <nav><strong>Contents</strong><ol>{toc}</ol></nav>
 {body}
 </main>
@@ -110,7 +116,7 @@ def render_html(header: Mapping[str, str], sections: list[Section]) -> str:
 
 def write_report(
     out_dir: str | os.PathLike[str], header: Mapping[str, str], sections: list[Section], results: Mapping[str, Any],
-    extra: Callable[[Path], None] | None = None,
+    extra: Callable[[Path], None] | None = None, warnings: Sequence[str] = (),
 ) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/results.json`` atomically; return the report's path.
 
@@ -128,6 +134,8 @@ between them can pair an old report with new results). Any exception
     ±inf become the strings ``"inf"`` / ``"-inf"`` (a real outcome, e.g. the perplexity of a
     destroyed model, that strict JSON cannot hold as a number).
 
+    ``warnings`` go into the banner at the top of the page (:func:`render_html`).
+
     ``extra(folder)``, when given, writes further files (e.g. PNG figures) into the temporary
     folder; they are moved into place with the two files, before ``report.html``.
     """
@@ -137,7 +145,7 @@ between them can pair an old report with new results). Any exception
     try:
         tmp.mkdir()
         _write_synced(tmp / RESULTS_NAME, json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n")
-        _write_synced(tmp / REPORT_NAME, render_html(header, sections))
+        _write_synced(tmp / REPORT_NAME, render_html(header, sections, warnings))
         if extra is not None:
             extra(tmp)
         with _deferred_sigint():

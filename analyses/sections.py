@@ -28,6 +28,8 @@ class ReportConfig:
     """Sizes of each step (defaults keep the embedded model's report under 3 minutes on 2 cores)."""
 
     corpus: str = "stdlib"
+    prepend: str = "auto"  # window protocol (probe.data.window_protocol)
+    compare_prepend: bool = True  # also scan under the other protocols; a banner when the picture moves
     n_seqs: int = 16
     seq_len: int = 128
     k: int = 5
@@ -51,12 +53,17 @@ def parse_sections(spec: str) -> list[str]:
     return [s for s in SECTIONS if s in chosen]
 
 
-def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None) -> dict[str, str]:
-    """Everything needed to reproduce a report: model, corpus, tokens, versions, date, command."""
+def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
+           prepend: str | int | None = "auto") -> dict[str, str]:
+    """Everything needed to reproduce a report: model, corpus, window protocol, tokens, versions,
+    date, command."""
+    from probe.data import window_protocol
+
     versions = ", ".join(f"{p} {version(p)}" for p in ("probe", "torch", "transformers", "plotly"))
     return {
         "model": f"{loaded.spec} ({loaded.source})",
         "corpus": corpus,
+        "window protocol": window_protocol(loaded.tokenizer, prepend).describe(),
         "tokens": tokens,
         "versions": f"{versions}; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -67,9 +74,12 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None)
 def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any, dict[str, Any]]:
     from analyses import figures
     from analyses.massive import scan
+    from probe.data import window_protocol
 
     model, tok = loaded.model, loaded.tokenizer
-    result = scan(model, tok, name=loaded.spec, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k)
+    opts = dict(name=loaded.spec, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k)
+    result = scan(model, tok, prepend=cfg.prepend, **opts)
+    extra: dict[str, Any] = {}
     sections = [Section(
         "Massive activations per layer",
         f"Largest |value| of the residual stream (hook_resid_post) per layer against the median, over "
@@ -82,15 +92,16 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     )]
     if result.origin_layer is None:
         sections[0].text += " No massive activation at these thresholds, so there are no massive weights to show."
-        return sections, result, {}
+        return sections, result, extra
     detail = figures.origin_detail(model, tok, result)
     sw = result.super_weight
     sections += [
         Section(
             "Where the massive activations sit",
             f"|activation| over token position x dim at the origin layer {result.origin_layer} for the sequence "
-            f"carrying the largest one; massive dims {result.massive_dims}, carried by "
-            + ", ".join(f"{t['token']!r} at position {t['position']} (x{t['count']})" for t in result.massive_tokens) + ".",
+            f"carrying the largest one; massive dims {result.massive_dims}, carried by {result.carried_by()}. "
+            "First token carries " + ", ".join(f"dim {c['dim']} in {c['first_token']} of {c['n_windows']} windows"
+                                               for c in result.carriers) + ".",
             [figures.origin_heatmap(detail), figures.massive_tokens(result)],
         ),
         Section(
@@ -102,24 +113,40 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
             [figures.neuron_profile(detail), figures.weight_row_norms(detail)],
         ),
     ]
-    return sections, result, {"origin_detail": detail.to_dict()}
+    extra["origin_detail"] = detail.to_dict()
+    if cfg.compare_prepend:
+        from analyses.prepend import PrependComparison, alternatives
+
+        others = [p for p in alternatives(tok) if window_protocol(tok, p).ids != tuple(result.protocol["ids"])]
+        comparison = PrependComparison.of(loaded.spec, [result, *(scan(model, tok, prepend=p, **opts) for p in others)])
+        rows = comparison.rows()
+        sections.append(Section(
+            "Window protocol: does the picture move?",
+            "The same scan under each window protocol (which token stands first in every window; massive activations "
+            "sit there). " + (" ".join(comparison.warnings) if comparison.warnings else
+                              "Origin layer, top massive dim, carrier position and super weight agree under all of them."),
+            [comparison.figure()],
+            table=[{"protocol": r["protocol"], "origin": r["origin_layer"], "dims": r["massive_dims"][:4],
+                    "first token carries top dim": f"{r['first_token_windows']}/{r['n_windows']}"
+                    if r["first_token_windows"] is not None else "-",
+                    "top neuron": r["top_neuron"], "super weight": r["super_weight"]} for r in rows]))
+        extra["prepend_comparison"] = {"rows": rows, "warnings": comparison.warnings}
+    return sections, result, extra
 
 
 def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
                      progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
     from analyses.ablate import make_plans, run_plans
     from analyses.evaluate import eval_rows
-    from probe.data import load_corpus, token_windows
 
     if result.origin_layer is None:
         return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")], None
     model, tok = loaded.model, loaded.tokenizer
-    rows = token_windows(tok, load_corpus(cfg.corpus), seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
-    plans = make_plans(model, rows, result, "zero", list(cfg.ablation_ks))
-    plans += make_plans(model, rows, result, "retain", [cfg.k])
-    plans += make_plans(model, rows, result, "random", [cfg.k], seeds=cfg.seeds)
-    plans += make_plans(model, rows, result, "super", [1])
-    ev = eval_rows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs)
+    plans = make_plans(model, None, result, "zero", list(cfg.ablation_ks))
+    plans += make_plans(model, None, result, "retain", [cfg.k])
+    plans += make_plans(model, None, result, "random", [cfg.k], seeds=cfg.seeds)
+    plans += make_plans(model, None, result, "super", [1])
+    ev = eval_rows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
     table = run_plans(model, ev, plans, progress=progress)
     base = table["baseline"]["ppl"]
     by = {(r["mode"], r["k"]): r["ppl"] for r in table["results"] if r["mode"] != "random"}
@@ -143,7 +170,7 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
 
     g = geometry(loaded.model, loaded.tokenizer, loaded.spec, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
                  seq_len=cfg.seq_len, lid_points=cfg.lid_points, k=cfg.lid_k, top_classes=cfg.top_classes,
-                 progress=progress)
+                 progress=progress, prepend=cfg.prepend)
     x = [l.layer for l in g.layers]
     sections = []
     if "lid" in chosen:

@@ -28,8 +28,9 @@ class Arch:
     ``gate``/``up``/``down``: the FFN projections (``gate`` is ``None`` for non-gated MLPs).
     ``fused_gate_up``: ``up`` holds ``[gate; up]`` stacked along the output dim (Phi-3).
     ``conv1d``: weights are stored ``in x out`` (GPT-2 ``Conv1D``).
-    ``ln2``: the norm in front of the FFN; its input is the ``hook_resid_mid`` point when
-    ``sequential`` (attention then FFN, not GPT-NeoX's parallel residual).
+    ``ln2``: the module whose input is the ``hook_resid_mid`` point when ``sequential``
+    (attention then FFN, not GPT-NeoX's parallel residual): the norm in front of the FFN, or the
+    MLP itself where there is none (OLMo-2 normalises the sublayer outputs instead).
     ``flat_ffn``: the block flattens ``(batch, position, d)`` to ``(batch * position, d)`` before
     ``ln2`` and the FFN (OPT); hook points there are reshaped back to three axes.
     """
@@ -53,7 +54,15 @@ class Arch:
 
     @property
     def gated(self) -> bool:
+        """The FFN is ``act(W_gate x) * (W_up x)`` (separate or fused matrices), not ``act(W_in x)``."""
         return self.gate is not None or self.fused_gate_up
+
+    @property
+    def ffn_in_names(self) -> tuple[str, ...]:
+        """The matrices whose row ``n`` feeds FFN neuron ``n``, in forward order: ``("W_gate",
+        "W_up")`` when gated (both halves of a fused gate/up matrix), else ``("W_in",)``. Zeroing
+        neuron ``n`` means zeroing row ``n`` of each; these rows are the massive weights (House of Cards)."""
+        return ("W_gate", "W_up") if self.gated else ("W_in",)
 
 
 _LLAMA_LIKE = dict(
@@ -69,12 +78,16 @@ _LLAMA_LIKE = dict(
 )
 
 ADAPTERS: tuple[Arch, ...] = (
-    Arch(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"), **_LLAMA_LIKE),
+    # Gemma 1 is a Llama block (post_attention_layernorm feeds the MLP); Gemma 2/3 add sandwich norms.
+    Arch(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "gemma"), **_LLAMA_LIKE),
     Arch(
         name="gemma",
-        model_types=("gemma", "gemma2", "gemma3", "gemma3_text"),
+        model_types=("gemma2", "gemma3", "gemma3_text"),
         **{**_LLAMA_LIKE, "ln2": "pre_feedforward_layernorm"},
     ),
+    # OLMo-2: no norm in front of attention or MLP; post_attention_layernorm and
+    # post_feedforward_layernorm normalise the sublayer outputs before the residual add.
+    Arch(name="olmo2", model_types=("olmo2",), **{**_LLAMA_LIKE, "ln1": "self_attn", "ln2": "mlp"}),
     Arch(
         name="phi3",
         model_types=("phi3",),
@@ -152,6 +165,23 @@ def arch_for(model: nn.Module) -> Arch:
     raise UnsupportedArchitectureError(
         f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
     )
+
+
+def first_position_id(model: nn.Module) -> int:
+    """The ``position_id`` of a sequence's first token: 0, except RoBERTa, whose embeddings count
+    from ``padding_idx + 1`` (``create_position_ids_from_input_ids``); explicit ``position_ids``
+    (left-padded batches) must start there too."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) == "roberta":
+        return int(config.pad_token_id) + 1
+    return 0
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the first parameter's device; the CPU if that is ``meta`` (a layer
+    offloaded by accelerate, whose hooks move the inputs themselves)."""
+    device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def get_path(root: nn.Module, path: str) -> nn.Module:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from probe.capture import _device
+from probe.arch import input_device
 from probe.errors import ProbeError
 from probe.hookpoints import HookPoint
 from probe.reducers import Batch, Reducer
@@ -50,7 +50,7 @@ def as_bridge(model: Any) -> Any:
     hf = copy.deepcopy(model)
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf, tokenizer=None, device=str(_device(model)), dtype=next(model.parameters()).dtype
+        name, hf_model=hf, tokenizer=None, device=str(input_device(model)), dtype=next(model.parameters()).dtype
     )
     return bridge
 

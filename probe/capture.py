@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from probe.arch import first_position_id, input_device
 from probe.errors import EmptyInputError, ProbeError
 from probe.hookpoints import HookPoint, record_shapes, resolve
 from probe.reducers import Batch, Reducer
@@ -191,12 +192,12 @@ def run_all(captures: Sequence[Capture], input_ids: torch.Tensor, attention_mask
         input_ids = input_ids[None]
     if input_ids.numel() == 0:
         raise EmptyInputError("no tokens to run: the input is empty")
-    device = torch.device("cpu") if first.remote else _device(first.model)
+    device = torch.device("cpu") if first.remote else input_device(first.model)
     input_ids = input_ids.to(device)
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
     positions = left_pad_positions(attention_mask) if attention_mask is not None else None
     if positions is not None:
-        kwargs["position_ids"] = positions.to(device)
+        kwargs["position_ids"] = (positions + first_position_id(first.model)).to(device)
     if first.backend != "nnsight":
         first.runner(input_ids, **kwargs)
         return
@@ -250,9 +251,3 @@ def _batch_size(output: Any) -> int:
     if logits is None and isinstance(output, (tuple, list)):
         logits = output[0]
     return int(logits.shape[0]) if isinstance(logits, torch.Tensor) else 0
-
-
-def _device(model: nn.Module) -> torch.device:
-    """Where input ids go: the first parameter's device; the CPU if that is ``meta`` (offloaded)."""
-    device = next(model.parameters()).device
-    return torch.device("cpu") if device.type == "meta" else device

@@ -15,18 +15,33 @@ Sources (:func:`load_corpus`):
   of the House of Cards evaluation and ``alpaca`` (``tatsu-lab/alpaca``, 52k instructions).
 
 Protocol (:func:`token_windows`): documents are joined with a blank line and tokenized once
-without special tokens; the stream is cut into windows of ``seq_len - 1`` tokens (stride
-``stride``, default the window length, i.e. no overlap), and each window gets one ``prepend``
-token in front, so every row has exactly ``seq_len`` tokens. ``prepend="auto"`` is
-``<|endoftext|>`` when the vocabulary has it (GPT-2, Pythia, SmolLM2: id 0, the document
-separator of their pre-training data), else the tokenizer's BOS, else nothing.
+without special tokens; the stream is cut into windows of ``seq_len - len(prefix)`` tokens
+(stride ``stride``, default the window length, i.e. no overlap), and each window gets the
+``prefix`` tokens in front, so every row has exactly ``seq_len`` tokens.
+
+The prefix is chosen by ``prepend`` (:func:`window_protocol`, recorded in every output):
+
+- ``"auto"`` (default): what the model's own tokenizer puts in front of a plain call,
+  ``tokenizer(text)``: BOS for Llama-2/3, Gemma, OPT (``</s>``), ``[CLS]`` for BERT; nothing for
+  GPT-2, Qwen2 and SmolLM2. This is the convention the model was trained and is used with;
+- ``"none"``: nothing (the first token of each window is text);
+- ``"bos"`` / ``"eos"``: the tokenizer's BOS / EOS token;
+- a token id (``0``) or a token's text (``"<|endoftext|>"``).
+
+Why it matters: massive activations and attention sinks sit on each window's first token
+(Sun et al. 2024, §2; Gu et al. 2024), and which token comes first changes what a scan finds.
+Until this release ``auto`` meant ``<|endoftext|>`` whenever the vocabulary had it; on families
+for which that token is not a document start the first position stopped being the sink and the
+scan reported a later, weaker origin. ``probe scan --compare-prepend`` runs several protocols
+side by side (:mod:`analyses.prepend`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -124,16 +139,80 @@ def _hf_corpus(spec: str) -> list[str]:
         raise ProbeError(f"the dataset {spec!r} has neither {exc.args[0]}") from None
 
 
-def prepend_id(tokenizer: Any, prepend: str | int | None = "auto") -> int | None:
-    """The token id put in front of every window (see module docstring)."""
-    if prepend is None or isinstance(prepend, int):
-        return prepend
-    if prepend == "auto":
-        vocab = tokenizer.get_vocab()
-        return vocab["<|endoftext|>"] if "<|endoftext|>" in vocab else tokenizer.bos_token_id
-    if prepend in ("bos", "eos"):
-        return getattr(tokenizer, f"{prepend}_token_id")
-    raise ProbeError(f"prepend must be 'auto', 'bos', 'eos', a token id or None, not {prepend!r}")
+PREPEND_HELP = "auto (what tokenizer(text) puts in front), none, bos, eos, a token id or a token's text"
+
+
+@dataclass(frozen=True)
+class WindowProtocol:
+    """The tokens put in front of every window: ``prepend`` as asked, the resolved ``ids`` and
+    their ``tokens`` (text), and ``rule``, a sentence saying where they come from."""
+
+    prepend: str
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    rule: str
+
+    def describe(self) -> str:
+        """One line for headers and tables, e.g. ``auto: nothing in front (what tokenizer(text) does)``."""
+        what = ", ".join(f"{t!r} (id {i})" for t, i in zip(self.tokens, self.ids)) or "nothing"
+        return f"{self.prepend}: {what} in front of every window ({self.rule})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prepend": self.prepend, "ids": list(self.ids), "tokens": list(self.tokens), "rule": self.rule,
+                "text": self.describe()}
+
+
+def window_protocol(tokenizer: Any, prepend: str | int | Sequence[int] | None = "auto") -> WindowProtocol:
+    """Resolve ``prepend`` (see the module docstring) for ``tokenizer``. ``tokenizer`` may be
+    ``None`` when ``prepend`` is ``None``/``"none"`` or a token id (token ids given directly)."""
+    if prepend is None or (isinstance(prepend, str) and prepend.strip().lower() == "none"):
+        return WindowProtocol("none", (), (), "asked for none")
+    if isinstance(prepend, (list, tuple)):  # ids as recorded in a protocol's to_dict()
+        ids = tuple(int(i) for i in prepend)
+        for i in ids:
+            window_protocol(tokenizer, i)  # range check
+        return WindowProtocol(",".join(map(str, ids)) or "none", ids, tuple(_token_text(tokenizer, i) for i in ids),
+                              "token ids given")
+    if isinstance(prepend, int) or (isinstance(prepend, str) and prepend.strip().isdigit()):
+        token_id = int(prepend)
+        size = None if tokenizer is None else len(tokenizer)
+        if token_id < 0 or (size is not None and token_id >= size):
+            raise ProbeError(f"prepend token id {token_id} is outside the vocabulary (0..{size - 1 if size else '?'})")
+        return WindowProtocol(str(token_id), (token_id,), (_token_text(tokenizer, token_id),), "token id given")
+    if not isinstance(prepend, str) or not prepend:
+        raise ProbeError(f"prepend must be {PREPEND_HELP}, not {prepend!r}")
+    if tokenizer is None:
+        raise ProbeError(f"prepend {prepend!r} needs the tokenizer; give a token id or none with token ids")
+    key = prepend.strip().lower()
+    if key == "auto":
+        ids = _added_prefix(tokenizer)
+        rule = "what tokenizer(text) puts in front" if ids else "tokenizer(text) puts nothing in front"
+        return WindowProtocol("auto", ids, tuple(_token_text(tokenizer, i) for i in ids), rule)
+    if key in ("bos", "eos"):
+        token_id = getattr(tokenizer, f"{key}_token_id", None)
+        if token_id is None:
+            raise ProbeError(f"prepend {key}: this tokenizer has no {key.upper()} token; use auto, none or a token id")
+        return WindowProtocol(key, (token_id,), (_token_text(tokenizer, token_id),), f"the tokenizer's {key.upper()}")
+    vocab = tokenizer.get_vocab()
+    if prepend in vocab:
+        return WindowProtocol(prepend, (vocab[prepend],), (prepend,), "token text given")
+    raise ProbeError(f"prepend must be {PREPEND_HELP}; {prepend!r} is none of these and not a token of the vocabulary")
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    return str(token_id) if tokenizer is None else str(tokenizer.convert_ids_to_tokens(token_id))
+
+
+def _added_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The ids ``tokenizer(text)`` puts in front of ``tokenizer(text, add_special_tokens=False)``."""
+    sample = "The cat sat on the mat."
+    plain = list(tokenizer(sample, add_special_tokens=False).input_ids)
+    full = list(tokenizer(sample).input_ids)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(int(i) for i in full[:start])
+    raise ProbeError("cannot tell which tokens tokenizer(text) adds (its output does not contain the plain "
+                     "tokenization); pass prepend explicitly: none, bos, eos or a token id")
 
 
 def token_windows(
@@ -141,7 +220,7 @@ def token_windows(
     docs: list[str] | str,
     seq_len: int = 128,
     n_seqs: int | None = None,
-    prepend: str | int | None = "auto",
+    prepend: str | int | Sequence[int] | None = "auto",
     stride: int | None = None,
 ) -> torch.Tensor:
     """``(n, seq_len)`` token ids cut from ``docs`` by the protocol in the module docstring.
@@ -153,10 +232,10 @@ def token_windows(
     text = "\n\n".join(docs)
     if not text.strip():
         raise EmptyInputError("the text is empty")
-    first = prepend_id(tokenizer, prepend)
-    width = seq_len - (first is not None)
+    prefix = window_protocol(tokenizer, prepend).ids
+    width = seq_len - len(prefix)
     if width < 1:
-        raise ProbeError(f"seq_len must be at least {1 + (first is not None)}, got {seq_len}")
+        raise ProbeError(f"seq_len must be at least {1 + len(prefix)}, got {seq_len}")
     stride = stride or width
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
     if ids.numel() == 0:
@@ -167,6 +246,6 @@ def token_windows(
         rows = ids.unfold(0, width, stride)
     if n_seqs is not None:
         rows = rows[:n_seqs]
-    if first is not None:
-        rows = torch.cat([torch.full((rows.shape[0], 1), first, dtype=torch.long), rows], dim=1)
+    if prefix:
+        rows = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(rows.shape[0], -1), rows], dim=1)
     return rows.contiguous()

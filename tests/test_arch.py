@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import attrgetter
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
@@ -23,89 +22,7 @@ from probe.errors import LayerError, UnsupportedArchitectureError
 from probe.hookpoints import hook_points, resolve
 from probe.reducers import Full
 
-VOCAB, HIDDEN, D_FF, LAYERS, HEADS = 128, 32, 64, 2, 4
-IDS = torch.randint(3, VOCAB - 8, (2, 6), generator=torch.Generator().manual_seed(0))
-TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-
-
-def _decoder(cls_name: str, **extra) -> Callable[[], object]:
-    def make():
-        import transformers
-
-        return getattr(transformers, cls_name)(
-            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=D_FF, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64, **TOKENS, **extra,
-        )
-
-    return make
-
-
-def _gpt2():
-    from transformers import GPT2Config
-
-    return GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=D_FF, n_layer=LAYERS, n_head=HEADS, n_positions=64,
-                      bos_token_id=1, eos_token_id=2)
-
-
-def _opt():
-    from transformers import OPTConfig
-
-    return OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=D_FF, num_hidden_layers=LAYERS,
-                     num_attention_heads=HEADS, max_position_embeddings=64, word_embed_proj_dim=HIDDEN, **TOKENS)
-
-
-def _gpt_neox():
-    from transformers import GPTNeoXConfig
-
-    return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=D_FF, num_hidden_layers=LAYERS,
-                         num_attention_heads=HEADS, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
-
-
-def _bert():
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=D_FF, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, max_position_embeddings=64, is_decoder=True, pad_token_id=0)
-
-
-def _gemma3_multimodal():
-    """Gemma 3 with a (tiny) vision tower: the text layers sit under ``model.language_model``."""
-    from transformers import Gemma3Config, SiglipVisionConfig
-
-    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=16, patch_size=8)
-    return Gemma3Config(text_config=_decoder("Gemma3TextConfig", head_dim=8)(), vision_config=vision,
-                        mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
-                        image_token_index=VOCAB - 1)
-
-
-@dataclass(frozen=True)
-class Family:
-    model_type: str
-    config: Callable[[], object]
-    adapter: str
-    gated: bool
-    sequential: bool
-    residual: str  # how a block combines its parts: "add", "gemma" (sandwich norms), "parallel", "bert" (post-LN)
-    d_ff_attr: str = "intermediate_size"
-
-    def __str__(self) -> str:
-        return self.model_type
-
-
-FAMILIES = [
-    Family("llama", _decoder("LlamaConfig"), "llama", True, True, "add"),
-    Family("mistral", _decoder("MistralConfig"), "llama", True, True, "add"),
-    Family("qwen2", _decoder("Qwen2Config"), "llama", True, True, "add"),
-    Family("gemma2", _decoder("Gemma2Config", head_dim=8), "gemma", True, True, "gemma"),
-    Family("gemma3_text", _decoder("Gemma3TextConfig", head_dim=8), "gemma", True, True, "gemma"),
-    Family("gemma3", _gemma3_multimodal, "gemma", True, True, "gemma", "text_config.intermediate_size"),
-    Family("phi3", _decoder("Phi3Config"), "phi3", True, True, "add"),
-    Family("gpt2", _gpt2, "gpt2", False, True, "add", "n_inner"),
-    Family("opt", _opt, "opt", False, True, "add", "ffn_dim"),
-    Family("gpt_neox", _gpt_neox, "gpt_neox", False, False, "parallel"),
-    Family("bert", _bert, "bert", False, False, "bert"),
-]
+from families import D_FF, FAMILIES, HEADS, HIDDEN, IDS, LAYERS, Family
 
 
 @dataclass
@@ -195,7 +112,7 @@ def test_hook_point_names(built):
     assert ("blocks.0.mlp.hook_pre_linear" in names) == built.family.gated
     assert ("blocks.0.hook_resid_mid" in names) == built.family.sequential
     assert not any(n.startswith(f"blocks.{LAYERS}.") for n in names)
-    assert ("ln_final.hook_normalized" in names) == (built.family.model_type != "bert")
+    assert ("ln_final.hook_normalized" in names) == (built.family.adapter != "bert")
     # aliases resolve to the same point
     assert [p.name for p in resolve(built.model, "blocks.0.hook_mlp_out")] == ["blocks.0.mlp.hook_out"]
     assert [p.name for p in resolve(built.model, "blocks.1.hook_out")] == ["blocks.1.hook_resid_post"]
@@ -277,8 +194,8 @@ def test_residual_stream_adds_up(built):
 
 
 def test_final_norm_feeds_the_logits(built):
-    if built.family.model_type in ("bert", "gemma2"):
-        pytest.skip("bert has no final norm; gemma2 soft-caps its logits")
+    if built.family.adapter == "bert" or built.family.model_type == "gemma2":
+        pytest.skip("bert and roberta have no final norm; gemma2 soft-caps its logits")
     with torch.no_grad():
         logits = built.model(IDS).logits
         _close(built.model.get_output_embeddings()(built.acts["ln_final.hook_normalized"]), logits, "lm_head(ln_final)")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from probe.data import load_corpus, prepend_id, token_windows
+from probe.data import load_corpus, token_windows, window_protocol
 from probe.errors import EmptyInputError, ProbeError
 
 
@@ -18,15 +18,67 @@ def test_stdlib_corpus_is_real_text():
 
 
 def test_windows_follow_the_protocol(smol):
+    """SmolLM2's tokenizer puts nothing in front of a plain call, so ``auto`` prepends nothing;
+    an explicit token goes in front of every window, which is one token shorter."""
     tok = smol.tokenizer
     docs = load_corpus()
-    rows = token_windows(tok, docs, seq_len=64, n_seqs=5)
-    assert rows.shape == (5, 64)
-    assert prepend_id(tok) == 0 and (rows[:, 0] == 0).all()
     stream = tok("\n\n".join(docs), add_special_tokens=False).input_ids
-    assert rows[0, 1:].tolist() == stream[:63] and rows[1, 1:].tolist() == stream[63:126]
+    assert tok("Hello").input_ids == tok("Hello", add_special_tokens=False).input_ids
+    rows = token_windows(tok, docs, seq_len=64, n_seqs=5)
+    assert rows.shape == (5, 64) and window_protocol(tok).ids == ()
+    assert rows[0].tolist() == stream[:64] and rows[1].tolist() == stream[64:128]
+    eot = token_windows(tok, docs, seq_len=64, n_seqs=5, prepend="<|endoftext|>")
+    assert (eot[:, 0] == 0).all() and eot[0, 1:].tolist() == stream[:63] and eot[1, 1:].tolist() == stream[63:126]
+    assert torch.equal(eot, token_windows(tok, docs, seq_len=64, n_seqs=5, prepend=0))
+    assert torch.equal(eot, token_windows(tok, docs, seq_len=64, n_seqs=5, prepend="0"))
+    assert (token_windows(tok, docs, seq_len=64, n_seqs=2, prepend="bos")[:, 0] == tok.bos_token_id).all()
     overlapping = token_windows(tok, docs, seq_len=64, n_seqs=2, stride=10, prepend=None)
     assert overlapping[1].tolist() == stream[10:74]
+
+
+def _word_tokenizer(template: str | None, bos: str | None = "<s>"):
+    """A real fast tokenizer over a word vocabulary whose plain call follows ``template``
+    (``"<s> $A"``: a BOS in front as Llama's does; ``None``: nothing, as GPT-2's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "."]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if template:
+        specials = [(t, words.index(t)) for t in ("<s>", "</s>", "[CLS]", "[SEP]") if t in template]
+        core.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("template, expected", [("<s> $A", ("<s>",)), (None, ()), ("[CLS] $A [SEP]", ("[CLS]",)),
+                                                ("<s> $A </s>", ("<s>",))])
+def test_auto_is_what_the_tokenizer_puts_in_front(template, expected):
+    tok = _word_tokenizer(template)
+    protocol = window_protocol(tok, "auto")
+    assert protocol.tokens == expected and protocol.prepend == "auto"
+    assert protocol.ids == tuple(tok.convert_tokens_to_ids(list(expected)))
+    rows = token_windows(tok, "the cat sat on the mat . " * 10, seq_len=8)
+    assert rows.shape[1] == 8
+    for row in rows.tolist():
+        assert tuple(row[: len(expected)]) == protocol.ids and tok.bos_token_id not in row[len(expected):]
+    record = protocol.to_dict()
+    assert record["ids"] == list(protocol.ids) and record["tokens"] == list(expected) and "auto" in record["text"]
+
+
+def test_prepend_choices_and_their_errors(smol):
+    tok = smol.tokenizer
+    assert window_protocol(tok, "bos").ids == (tok.bos_token_id,) and window_protocol(tok, "eos").ids == (tok.eos_token_id,)
+    assert window_protocol(tok, "none") == window_protocol(tok, None)
+    assert window_protocol(None, 5).tokens == ("5",) and window_protocol(None, [3, 4]).ids == (3, 4)
+    for bad, message in ((len(tok), "outside the vocabulary"), ("<no such token>", "not a token of the vocabulary"),
+                         (-1, "outside the vocabulary")):
+        with pytest.raises(ProbeError, match=message):
+            window_protocol(tok, bad)
+    with pytest.raises(ProbeError, match="needs the tokenizer"):
+        window_protocol(None, "auto")
+    with pytest.raises(ProbeError, match="no BOS"):
+        window_protocol(_word_tokenizer(None, bos=None), "bos")
 
 
 def test_short_text_gives_one_short_row(smol):
@@ -76,4 +128,4 @@ def test_bad_input_is_refused(smol, tmp_path):
     with pytest.raises(ProbeError, match="neither"):
         load_corpus("no/such/file.txt")
     with pytest.raises(ProbeError, match="prepend"):
-        token_windows(smol.tokenizer, "text", prepend="start")
+        token_windows(smol.tokenizer, "text", prepend="<no such token>")

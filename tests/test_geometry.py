@@ -22,20 +22,21 @@ from probe.reducers import Full, Reservoir
 
 LAYERS = [0, 11, 29]
 N_SEQS, SEQ_LEN, POINTS, K = 6, 64, 300, 24
+PREPEND = "bos"  # every window starts with one token, so the duplicate handling is exercised
 
 
 @pytest.fixture(scope="module")
 def geo(smol):
     model, tok = smol.model, smol.tokenizer
     return geometry(model, tok, "smollm2", layers=LAYERS, n_seqs=N_SEQS, seq_len=SEQ_LEN, lid_points=POINTS, k=K,
-                    top_classes=40, batch_size=4)
+                    top_classes=40, batch_size=4, prepend=PREPEND)
 
 
 @pytest.fixture(scope="module")
 def full(smol):
     """Every hook_resid_post of LAYERS in full, the model's argmax, and the same reservoir sample."""
     model, tok = smol.model, smol.tokenizer
-    rows = token_windows(tok, load_corpus("stdlib"), seq_len=SEQ_LEN, n_seqs=N_SEQS)
+    rows = token_windows(tok, load_corpus("stdlib"), seq_len=SEQ_LEN, n_seqs=N_SEQS, prepend=PREPEND)
     points = [f"blocks.{l}.hook_resid_post" for l in LAYERS]
     with torch.no_grad(), capture(model, points, reduce={"full": Full(), "sample": Reservoir(POINTS, 0)}) as cap:
         for s in range(0, N_SEQS, 4):
@@ -49,6 +50,7 @@ def full(smol):
 def test_shapes_and_ranges(geo):
     assert [g.layer for g in geo.layers] == LAYERS
     assert geo.n_tokens == N_SEQS * SEQ_LEN and geo.n_classes == 40
+    assert geo.protocol["prepend"] == "bos" and len(geo.protocol["ids"]) == 1 and "bos" in geo.protocol["text"]
     for g in geo.layers:
         assert 1.0 < g.lid_mean < 576 and g.n_points + g.n_duplicates == POINTS
         assert {"nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4"} <= set(g.collapse)
@@ -77,7 +79,7 @@ def test_lid_equals_estimator_on_the_same_sample(geo, full):
         sample = res[f"blocks.{g.layer}.hook_resid_post"]["sample"].vectors.numpy()
         est = LocalTwoNN(n_neighbors=K, max_points=None).fit(sample)
         assert g.lid_mean == pytest.approx(est.dimension_, rel=1e-12)
-        assert g.n_duplicates == est.n_duplicates_ > 0  # every window starts with the same token
+        assert g.n_duplicates == est.n_duplicates_ > 0  # every window starts with the BOS token
 
 
 def test_nc3_and_nc4_by_hand(geo, full, smol):

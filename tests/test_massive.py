@@ -54,8 +54,22 @@ def test_origin_dims_tokens_and_neurons(result, brute, smol):
     assert result.origin_layer == origin == 11  # one origin layer on SmolLM2-135M
     assert result.massive_dims[0] == 507
     first = result.massive_tokens[0]
-    assert (first["position"], first["token"], first["count"]) == (0, "<|endoftext|>", 4)  # the first token
-    post = full[f"blocks.{origin}.mlp.hook_post"][0, 0]
+    assert (first["position"], first["windows"]) == (0, 4)  # the first token of every window, whatever it is
+    assert sorted(first["tokens"]) == sorted(smol.tokenizer.convert_ids_to_tokens(rows[:, 0].tolist()))
+    # the carrier: the strongest massive entry on that position; per dim, windows whose first token carries it
+    h = full[f"blocks.{origin}.hook_resid_post"]
+    big = (h.abs() > 100) & (h.abs() > 1000 * h.abs().median())
+    c = result.carrier
+    assert c["position"] == 0 and c["value"] == pytest.approx(float(h[:, 0][big[:, 0]].abs().max()), rel=1e-6)
+    assert h[c["batch"], 0, c["dim"]].item() == pytest.approx(c["value"], rel=1e-6)
+    for carried in result.carriers:
+        d = carried["dim"]
+        assert carried["first_token"] == int(big[:, 0, d].sum()) and carried["windows"] == int(big[:, :, d].any(1).sum())
+    assert result.warnings == [f"massive dim {x['dim']} is carried by {x['windows']} of 4 windows only (first token: "
+                               f"{x['first_token']}): the picture depends on the text, not on a fixed sink, and may "
+                               "move with the window protocol (compare with --compare-prepend)"
+                               for x in result.carriers if 2 * x["windows"] < 4]
+    post = full[f"blocks.{origin}.mlp.hook_post"][c["batch"], 0]
     assert result.massive_neurons == post.abs().topk(5).indices.tolist()
     sw = result.super_weight
     assert sw["value"] == smol.model.model.layers[origin].mlp.down_proj.weight[sw["row"], sw["col"]].item()
@@ -74,6 +88,9 @@ def test_scan_json_has_the_documented_keys(smol):
     for key in ("model", "origin_layer", "massive_neurons", "massive_dims", "massive_tokens", "super_weight", "layers"):
         assert key in out
     assert set(out["super_weight"]) >= {"layer", "row", "col", "value"}
+    assert out["protocol"]["prepend"] == "auto" and out["protocol"]["ids"] == []  # SmolLM2's tokenizer adds nothing
+    assert "tokenizer(text) puts nothing in front" in out["protocol"]["text"]
+    assert out["carriers"][0]["dim"] == out["massive_dims"][0] and "warnings" in out
     assert set(out["layers"][0]) >= {"layer", "max", "median", "top"}
     assert set(out["layers"][0]["top"][0]) >= {"value", "position", "dim"}
 

@@ -115,12 +115,18 @@ def test_maxmedian_stride_keeps_exact_max_and_close_median(smol):
     from probe.data import load_corpus, token_windows
 
     rows = token_windows(smol.tokenizer, load_corpus(), seq_len=128, n_seqs=4)
-    with capture(smol.model, "blocks.*.mlp.hook_post", reduce={"all": MaxMedian(), "s7": MaxMedian(stride=7)}) as cap:
+    reduce = {"all": MaxMedian(), "s7": MaxMedian(stride=7), "full": Full()}
+    with capture(smol.model, "blocks.*.mlp.hook_post", reduce=reduce) as cap:
         cap.run(rows)
+    worst = 0.0
     for name, res in cap.results.items():
-        assert res["s7"].max == res["all"].max
-        assert abs(res["s7"].median / res["all"].median - 1) < 0.01, name
-        assert res["s7"].count < res["all"].count / 6
+        flat = res["full"].abs().reshape(-1)
+        assert res["s7"].max == res["all"].max == flat.max().item()
+        strided = flat[::7].median().item()  # 1536 is coprime with 7: the stride is used as given
+        assert abs(res["s7"].median / strided - 1) < 0.008, name  # the histogram's bin width
+        worst = max(worst, abs(res["s7"].median / res["all"].median - 1))
+        assert res["s7"].count == flat[::7].numel() < res["all"].count / 6
+    assert worst < 0.02  # the sampling error of one entry in 7 (1.4% at worst, layer 0)
 
 
 def test_dimmax_matches_brute_force():

@@ -54,7 +54,9 @@ def test_report_files(report: Path) -> None:
     assert len(results["geometry"]["layers"]) == 30
     assert f'{results["ablation"]["baseline"]["ppl"]:.2f}' in html  # the numbers in the text are the results'
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert len(pngs) == len(re.findall(r'<div id="fig-', html)) == 9
+    assert len(pngs) == len(re.findall(r'<div id="fig-', html)) == 10  # 9 + the window-protocol comparison
+    assert results["protocol"]["prepend"] == "auto" and results["protocol"]["ids"] == []  # SmolLM2 adds nothing
+    assert "window protocol" in html and "Window protocol: does the picture move?" in html
     assert (report / "report.html").stat().st_size < 8_000_000
 
 
