@@ -119,11 +119,9 @@ def scan_cmd(
     opts = dict(name=model, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k, ratio=ratio,
                 abs_threshold=abs_threshold, backend=backend, remote=where)
     if compare:
-        from analyses.prepend import alternatives, compare_prepend
-        from probe.data import window_protocol
+        from analyses.prepend import compare_prepend, others
 
-        first = window_protocol(loaded.tokenizer, prepend).ids
-        chosen = [prepend, *(p for p in alternatives(loaded.tokenizer) if window_protocol(loaded.tokenizer, p).ids != first)]
+        chosen = [prepend, *others(loaded.tokenizer, prepend)]
         with _progress(as_json, "scanning", n_seqs * len(chosen)) as advance:
             comparison = compare_prepend(loaded.model, loaded.tokenizer, chosen, progress=advance, **opts)
         if as_json:
@@ -142,12 +140,12 @@ def scan_cmd(
 
 
 def _render_comparison(comparison: Any) -> None:
-    table = Table("protocol", "origin", "massive dims", "carrier (pos, dim, value, token)", "first token carries top dim",
-                  "top neuron", "super weight (layer, row, col)", "max |h|",
+    table = Table("in front of each window", "origin", "massive dims", "carrier (pos, dim, value, token)",
+                  "first token carries top dim", "top neuron", "super weight (layer, row, col)", "max |h|",
                   title=f"Massive activations of {comparison.model} under each window protocol")
     for r in comparison.rows():
         c = r["carrier"]
-        table.add_row(r["protocol"], str(r["origin_layer"]), str(r["massive_dims"][:4]),
+        table.add_row(r["label"], str(r["origin_layer"]), str(r["massive_dims"][:4]),
                       "-" if c is None else f"{c['position']}, {c['dim']}, {c['value']:.1f}, {c['token']!r}",
                       "-" if r["first_token_windows"] is None else f"{r['first_token_windows']} of {r['n_windows']} windows",
                       str(r["top_neuron"]), str(r["super_weight"]), f"{r['max_abs']:.1f}")

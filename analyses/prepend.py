@@ -2,9 +2,9 @@
 
 Massive activations sit on the first token of a window (Sun et al. 2024, §2), and what that
 token is changes what a scan finds: on SmolLM2 every prefix gives the same origin layer and
-super weight, while on other families a prefix the model never saw at a document start
-(``<|endoftext|>`` on Qwen2, say) takes the sink away from position 0 and the scan reports a
-later, weaker origin. :func:`compare_prepend` runs :func:`analyses.massive.scan` once per
+super weight, while on another family (a real instruct GGUF, issue 15) a prefix the model never
+saw at a document start (``<|endoftext|>``) took the sink away from position 0, and the scan
+reported a later origin, a massive activation in 1 window of 16 and a different super weight. :func:`compare_prepend` runs :func:`analyses.massive.scan` once per
 protocol (:func:`probe.data.window_protocol`) on the same text and reports, per protocol, the
 origin layer, the carrier, how many windows' first token carries the top massive dim, the top
 neuron and the super weight; ``warnings`` says what moved.
@@ -35,6 +35,12 @@ def alternatives(tokenizer: Any, prepends: tuple[str, ...] = DEFAULT_PREPENDS) -
     return list(seen.values())
 
 
+def others(tokenizer: Any, prepend: str | int | None) -> list[str]:
+    """The :func:`alternatives` whose prefix differs from ``prepend``'s: what to compare it with."""
+    first = window_protocol(tokenizer, prepend).ids
+    return [p for p in alternatives(tokenizer) if window_protocol(tokenizer, p).ids != first]
+
+
 @dataclass
 class PrependComparison(Figured):
     """The scans of one model under several window protocols (:func:`compare_prepend`)."""
@@ -57,7 +63,8 @@ class PrependComparison(Figured):
             top = s.carriers[0] if s.carriers else None
             sw = s.super_weight
             out.append({
-                "protocol": s.protocol["text"], "prepend": s.protocol["prepend"], "origin_layer": s.origin_layer,
+                "protocol": s.protocol["text"], "label": label(s.protocol), "prepend": s.protocol["prepend"],
+                "origin_layer": s.origin_layer,
                 "massive_dims": s.massive_dims,
                 "carrier": None if s.carrier is None else {k: s.carrier[k] for k in ("position", "dim", "value", "token")},
                 "first_token_windows": None if top is None else top["first_token"],
@@ -79,11 +86,17 @@ class PrependComparison(Figured):
         from analyses.figures import TEMPLATE, esc
 
         fig = go.Figure([go.Scatter(x=[l.layer for l in s.layers], y=[l.ratio for l in s.layers], mode="lines+markers",
-                                    name=esc(s.protocol["text"][:60])) for s in self.scans])
+                                    name=esc(label(s.protocol))) for s in self.scans])
         fig.update_layout(template=TEMPLATE, yaxis_type="log", xaxis_title="layer (hook_resid_post)",
                           yaxis_title="max |h| / median |h|", title=f"Massive activations of {esc(self.model)} under each window protocol",
                           legend={"orientation": "h", "y": -0.2})
         return fig
+
+
+def label(protocol: dict[str, Any]) -> str:
+    """A protocol in a few words: ``auto: nothing``, ``bos: '<s>' (1)``."""
+    tokens = ", ".join(f"{t!r} ({i})" for t, i in zip(protocol["tokens"], protocol["ids"]))
+    return f"{protocol['prepend']}: {tokens or 'nothing'}"
 
 
 def compare_prepend(model: Any, tokenizer: Any, prepends: list[str] | None = None, **options: Any) -> PrependComparison:

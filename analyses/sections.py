@@ -74,7 +74,6 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
 def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any, dict[str, Any]]:
     from analyses import figures
     from analyses.massive import scan
-    from probe.data import window_protocol
 
     model, tok = loaded.model, loaded.tokenizer
     opts = dict(name=loaded.spec, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k)
@@ -115,10 +114,10 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     ]
     extra["origin_detail"] = detail.to_dict()
     if cfg.compare_prepend:
-        from analyses.prepend import PrependComparison, alternatives
+        from analyses.prepend import PrependComparison, others
 
-        others = [p for p in alternatives(tok) if window_protocol(tok, p).ids != tuple(result.protocol["ids"])]
-        comparison = PrependComparison.of(loaded.spec, [result, *(scan(model, tok, prepend=p, **opts) for p in others)])
+        rest = [scan(model, tok, prepend=p, **opts) for p in others(tok, cfg.prepend)]
+        comparison = PrependComparison.of(loaded.spec, [result, *rest])
         rows = comparison.rows()
         sections.append(Section(
             "Window protocol: does the picture move?",
@@ -126,7 +125,7 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
             "sit there). " + (" ".join(comparison.warnings) if comparison.warnings else
                               "Origin layer, top massive dim, carrier position and super weight agree under all of them."),
             [comparison.figure()],
-            table=[{"protocol": r["protocol"], "origin": r["origin_layer"], "dims": r["massive_dims"][:4],
+            table=[{"in front of each window": r["label"], "origin": r["origin_layer"], "dims": r["massive_dims"][:4],
                     "first token carries top dim": f"{r['first_token_windows']}/{r['n_windows']}"
                     if r["first_token_windows"] is not None else "-",
                     "top neuron": r["top_neuron"], "super weight": r["super_weight"]} for r in rows]))

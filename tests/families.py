@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pytest
 import torch
 
 VOCAB, HIDDEN, D_FF, LAYERS, HEADS = 128, 32, 64, 2, 4
@@ -99,3 +100,13 @@ FAMILIES = [
     Family("bert", _bert, "bert", False, False, "bert"),
     Family("roberta", lambda layers=LAYERS: _bert(layers, "RobertaConfig"), "bert", False, False, "bert"),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: threads only add overhead (and stall badly on a busy 2-core machine).
+    Import it into a test module to use it there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from probe.errors import LayerError, UnsupportedArchitectureError
 from probe.hookpoints import hook_points, resolve
 from probe.reducers import Full
 
-from families import D_FF, FAMILIES, HEADS, HIDDEN, IDS, LAYERS, Family
+from families import D_FF, FAMILIES, HEADS, HIDDEN, IDS, LAYERS, Family, one_thread  # noqa: F401 (autouse fixture)
 
 
 @dataclass
@@ -31,15 +31,6 @@ class Built:
     config: object
     model: nn.Module
     acts: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: threads only add overhead (and stall badly on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=str)

@@ -30,7 +30,7 @@ from analyses.massive import scan
 from probe.capture import capture
 from probe.reducers import Full
 
-from families import D_FF, FAMILIES, HIDDEN, VOCAB, Family
+from families import D_FF, FAMILIES, VOCAB, Family, one_thread  # noqa: F401 (autouse fixture)
 
 LAYERS = 3
 N, M, D = 7, 19, 5  # the planted neuron, a second neuron (MacDrop), the planted residual dim
@@ -103,14 +103,6 @@ class Planted:
     model: nn.Module
     layer: int
     acts: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=str)
