@@ -3,7 +3,7 @@
 
 Run from the repository root: ``.venv/bin/python benchmarks/collapse.py [--tokens 100000]``.
 Each batch of windows (stdlib corpus, 128 tokens each) is run twice, alternating which goes
-first: a plain HF forward, and a forward that feeds :class:`analyses.geometry.NextTokenCollapse`
+first: a plain HF forward, and a forward that feeds :class:`analyses.geometry.layers.NextTokenCollapse`
 on all 30 ``hook_resid_post`` points (classes: the 512 most frequent next tokens). The collapse
 side also pays for computing every metric at the end. Memory: the bytes held by the statistics
 and the peak RSS (VmHWM) after a quarter of the tokens and at the end; the state is

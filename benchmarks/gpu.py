@@ -15,7 +15,7 @@ around every call; median per row; ratio = median / median of the plain forward 
   ``probe.capture`` with TopK(5) + MaxMedian on ``mlp.hook_post`` and ``hook_resid_post`` of every
   layer, the same with MaxMedian(stride=7), and with ``--nnsight`` ours-nnsight and a plain
   nnsight trace saving both points (on a second model instance);
-- the perplexity benchmark: :func:`analyses.evaluate.perplexity` on the same ids (one batch),
+- the perplexity benchmark: :func:`analyses.evaluate.likelihood.perplexity` on the same ids (one batch),
   whose extra cost over the plain forward is the float32 log-softmax over the vocabulary.
 
 Peak GPU memory per row is ``torch.cuda.max_memory_allocated`` during the row's last call,

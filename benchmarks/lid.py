@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Local TwoNN: ``analyses.lid.LocalTwoNN`` vs scikit-dimension 0.5 ``TwoNN().fit_pw``.
+"""Local TwoNN: ``analyses.geometry.lid.LocalTwoNN`` vs scikit-dimension 0.5 ``TwoNN().fit_pw``.
 
 Run from the repository root::
 
@@ -14,7 +14,7 @@ Both libraries get the same float32 array. Two comparisons, in interleaved round
 - end to end: ``LocalTwoNN(n_neighbors=k, max_points=None).fit(X)`` (dedup, exact kNN,
   pointwise TwoNN) vs ``skdim.id.TwoNN().fit_pw(X, n_neighbors=k, n_jobs=1)`` (sklearn kNN,
   then ``TwoNN.fit`` on each neighbourhood);
-- pointwise only, on the same neighbourhoods: the kNN is computed once with ``analyses.lid.knn``
+- pointwise only, on the same neighbourhoods: the kNN is computed once with ``analyses.geometry.lid.knn``
   and its indices go to skdim via ``precomputed_knn=``; ours is the pointwise step of
   ``LocalTwoNN.fit`` on the same ``(dist, ind)`` (see :func:`ours_pointwise`).
 
@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import skdim  # noqa: E402
 import torch  # noqa: E402
 
-from analyses import lid  # noqa: E402
+from analyses.geometry import lid  # noqa: E402
 
 D, ID, K, NOISE = 576, 20, 100, 0.01
 
@@ -130,7 +130,7 @@ def main() -> None:
     load0 = loadavg()
     rows = [row for n, r in zip(args.sizes, rounds) for row in bench(n, r)]
 
-    print(f"## Local TwoNN: analyses.lid vs scikit-dimension {md.version('scikit-dimension')}\n")
+    print(f"## Local TwoNN: analyses.geometry.lid vs scikit-dimension {md.version('scikit-dimension')}\n")
     print(f"- date: {started.isoformat(timespec='seconds')}")
     print(f"- machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, "

@@ -38,6 +38,7 @@ from probe.errors import ProbeError
 from probe.hookpoints import HookPoint
 from probe.reducers import Batch, Reducer
 
+BACKENDS = ("torch", "transformer_lens", "nnsight")
 REMOTE_MODES = (False, True, "local")
 
 
@@ -55,8 +56,23 @@ def as_bridge(model: Any) -> Any:
     return bridge
 
 
-def check_remote(remote: bool | str) -> bool | str:
-    """``remote`` if it is ``False``, ``True``, ``"local"`` or an NDIF host URL, else a :class:`ProbeError`."""
+def check_backend(backend: str, remote: bool | str | None = False,
+                  allowed: Sequence[str] = BACKENDS) -> tuple[str, bool | str]:
+    """``(backend, remote)`` checked and normalised once, where a run enters the library (the CLI
+    relies on it): ``backend`` one of ``allowed``, ``remote`` through :func:`check_remote`, and a
+    remote run only through ``nnsight``."""
+    if backend not in allowed:
+        raise ProbeError(f"unknown backend {backend!r}; choose one of {', '.join(allowed)}")
+    remote = check_remote(remote)
+    if remote and backend != "nnsight":
+        raise ProbeError(f"remote={remote!r} needs backend='nnsight' (got {backend!r})")
+    return backend, remote
+
+
+def check_remote(remote: bool | str | None) -> bool | str:
+    """``remote`` normalised: ``False`` (also ``None``), ``True`` (also ``"ndif"``), ``"local"`` or an
+    NDIF host URL; anything else is a :class:`ProbeError`."""
+    remote = {None: False, "ndif": True}.get(remote, remote) if not isinstance(remote, bool) else remote
     if remote in REMOTE_MODES or (isinstance(remote, str) and remote.startswith(("http://", "https://"))):
         return remote
     raise ProbeError(f"remote must be False, True (NDIF), 'local' (offline simulation) or a host URL, got {remote!r}")

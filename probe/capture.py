@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from probe.arch import first_position_id, input_device
+from probe.backends import check_backend
 from probe.errors import EmptyInputError, ProbeError
 from probe.hookpoints import HookPoint, record_shapes, resolve
-from probe.reducers import Batch, Reducer
+from probe.reducers import Batch, Full, Reducer
 
-BACKENDS = ("torch", "transformer_lens", "nnsight")
 
 
 class Capture:
@@ -52,10 +52,7 @@ class Capture:
         backend: str = "torch",
         remote: bool | str = False,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ProbeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if remote and backend != "nnsight":
-            raise ProbeError(f"remote={remote!r} needs backend='nnsight' (got {backend!r})")
+        backend, remote = check_backend(backend, remote)
         self.backend = backend
         self.remote = remote
         self.runner: Any = model
@@ -174,6 +171,15 @@ def capture(
     ``reduce``; use as a context manager. ``remote`` (``True``: NDIF, ``"local"``: offline
     simulation) needs ``backend="nnsight"``."""
     return Capture(model, points, reduce, backend, remote)
+
+
+def one_sequence(model: nn.Module, ids: Any, points: Sequence[str], dtype: torch.dtype | None = None,
+                 backend: str = "torch", remote: bool | str = False) -> dict[str, torch.Tensor]:
+    """Full tensors of ``points`` for one sequence of token ids (``(seq,)`` or ``(1, seq)``), the
+    batch axis dropped: one forward pass (:class:`probe.reducers.Full`, cast to ``dtype``)."""
+    with capture(model, list(points), reduce=Full(dtype), backend=backend, remote=remote) as cap:
+        cap.run(torch.as_tensor(ids).reshape(1, -1))
+    return {p: cap[p][0] for p in points}
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ Why it matters: massive activations and attention sinks sit on each window's fir
 Until this release ``auto`` meant ``<|endoftext|>`` whenever the vocabulary had it; on families
 for which that token is not a document start the first position stopped being the sink and the
 scan reported a later, weaker origin. ``probe scan --compare-prepend`` runs several protocols
-side by side (:mod:`analyses.prepend`).
+side by side (:mod:`analyses.massive.prepend`).
 """
 
 from __future__ import annotations

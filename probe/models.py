@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from torch import nn
 
 from probe.arch import Arch, arch_for, supported_model_types
 from probe.errors import ModelLoadError, ProbeError, UnknownModelError, UnsupportedArchitectureError
+from probe.files import scratch_folder
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,27 @@ class LoadedModel:
     source: str
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    name: str = ""  #: the model's own name (:func:`model_name`); ``spec`` when empty
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.spec
+
+    def where(self) -> str:
+        """Where it came from, each path once: ``spec``, plus ``source`` when that is elsewhere."""
+        return self.spec if self.source in (self.spec, str(Path(self.spec))) else f"{self.spec} (loaded from {self.source})"
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.tokenizer, self.arch))
 
 
 def cache_dir() -> Path:
-    """Where converted models are cached (``$PROBE_CACHE`` > ``$XDG_CACHE_HOME/probe`` > ``~/.cache/probe``)."""
+    """Where converted models are cached: ``$PROBE_CACHE``, else the platform's user cache folder
+    (:func:`platformdirs.user_cache_dir`: ``$XDG_CACHE_HOME/probe`` or ``~/.cache/probe`` on Linux)."""
+    from platformdirs import user_cache_dir
+
     if os.environ.get("PROBE_CACHE"):
         return Path(os.environ["PROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "probe"
+    return Path(user_cache_dir("probe", appauthor=False))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -155,7 +165,20 @@ def load_model(
     else:
         notes.append(f"device_map={device_map if isinstance(device_map, str) else 'dict'}: " + _placement(model))
     model.eval()
-    return LoadedModel(model, tokenizer, arch_for(model), spec, str(directory), time.perf_counter() - start, notes)
+    return LoadedModel(model, tokenizer, arch_for(model), spec, str(directory), time.perf_counter() - start, notes,
+                       name=model_name(model, hub_id, spec))
+
+
+def model_name(model: nn.Module, hub_id: str | None, spec: str) -> str:
+    """The model's own name, for titles: its hub id; else the name the GGUF file gives itself
+    (``general.name``, which transformers keeps as ``_model_name_or_path`` in the config); else the
+    name of the folder or file it was loaded from."""
+    own = getattr(getattr(model, "config", None), "_model_name_or_path", None)
+    if hub_id:
+        return hub_id
+    if isinstance(own, str) and own.strip() and os.path.sep not in own:
+        return own.strip()
+    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
 
 
 def load_remote(repo_id: str, *, revision: str | None = None) -> LoadedModel:
@@ -180,7 +203,7 @@ def load_remote(repo_id: str, *, revision: str | None = None) -> LoadedModel:
             raise UnknownModelError(f"cannot read the config or tokenizer of {repo_id!r} from the hub: {exc}") from None
     notes = [f"meta model of {repo_id}: weights stay on the NDIF server"]
     return LoadedModel(model, model.tokenizer, arch_for(model._module), repo_id, f"ndif:{repo_id}",
-                       time.perf_counter() - start, notes)
+                       time.perf_counter() - start, notes, name=repo_id)
 
 
 def _placement(model: nn.Module) -> str:
@@ -322,21 +345,16 @@ def _gguf_to_safetensors(folder: Path, filename: str, notes: list[str]) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    with scratch_folder(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists() and not any(target.glob("model*.safetensors")):
             shutil.rmtree(target)  # a broken cache entry
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not any(target.glob("model*.safetensors")):  # not just another process winning the race
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not any(target.glob("model*.safetensors")):  # not just another process winning the race
+                raise
     notes.append(f"parsed {filename} in {time.perf_counter() - start:.1f}s and cached it as safetensors in {target}")
     return target
 

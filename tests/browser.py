@@ -64,8 +64,10 @@ Array.from(document.querySelectorAll('.plotly-graph-div')).every(d =>
 
 
 def chromium_path() -> str | None:
-    """The Chromium binary: ``$CHROMIUM`` if set, else ``chromium`` / ``chromium-browser`` on PATH."""
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    """The browser the static export drives too (:func:`analyses.report.export.chrome_path`)."""
+    from analyses.report.export import chrome_path
+
+    return chrome_path()
 
 
 class Page:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -20,3 +22,18 @@ def smol_ids(smol):
     text = "The quick brown fox jumps over the lazy dog. " * 8
     ids = smol.tokenizer(text, return_tensors="pt").input_ids[:, :24]
     return torch.cat([ids, ids.flip(1)])
+
+
+@pytest.fixture(scope="session")
+def chrome() -> str:
+    """The Chrome/Chromium that Plotly's exporter (kaleido) drives; without one the test skips,
+    except under CI (``CI=true``), where it fails."""
+    from analyses.report.export import INSTALL, chrome_path
+
+    path = chrome_path()
+    if path is None:
+        message = f"a real Chrome/Chromium is needed to render figures; {INSTALL}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

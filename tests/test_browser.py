@@ -17,21 +17,13 @@ import plotly.graph_objects as go
 import pytest
 
 from analyses.report import Section, render_html, write_report
-from browser import INSTALL, check_report, chromium_path
+from browser import check_report
 
 XSS = "</script><script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("PROBE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        message = f"headless Chromium is needed for the report's browser test; install it: {INSTALL}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+pytestmark = pytest.mark.usefixtures("chrome")  # tests/conftest.py: skip without Chromium (fail under CI)
 
 
 def report_sections() -> list[Section]:

@@ -1,4 +1,4 @@
-"""Tests of analyses.collapse: streaming == batch, brute-force references, ETF, class selection."""
+"""Tests of analyses.geometry.collapse: streaming == batch, brute-force references, ETF, class selection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.collapse import CollapseStats
+from analyses.geometry import CollapseStats
 
 RTOL = 1e-10
 

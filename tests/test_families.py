@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analyses.ablate import MODES, make_plans, measure
-from analyses.macdrop import MacDrop
+from analyses.training import MacDrop
 from analyses.massive import scan
 from probe.capture import capture
 from probe.reducers import Full

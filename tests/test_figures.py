@@ -1,5 +1,5 @@
 """Figures of the massive-activation scan on the embedded model, their escaping of token strings,
-and the matplotlib PNG export."""
+and their static export through Plotly's own exporter."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import dataclasses
 import json
 
 import numpy as np
-import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
-from plotly.subplots import make_subplots
 
-from analyses import figures as F
+from analyses import ablate, massive
+from analyses.report import style
 from analyses.ablate import make_plans, run_plans
 from analyses.massive import RATIOS, scan
-from analyses.static import save_png
+from analyses.report.export import figure_size, save_figures
 from probe.data import load_corpus, token_windows
 
 BAD = "<script>alert(1)</script><b>x</b>"
@@ -30,7 +29,7 @@ def result(smol):
 
 @pytest.fixture(scope="module")
 def detail(smol, result):
-    return F.origin_detail(smol.model, smol.tokenizer, result)
+    return massive.origin_detail(smol.model, smol.tokenizer, result)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def log_annotations_on_scale(fig):
 
 
 def test_residual_profile(result):
-    fig = F.residual_profile(result)
+    fig = massive.residual_profile(result)
     assert [t.name for t in fig.data] == ["top-1 |h|", "top-2 |h|", "top-3 |h|", "median |h|"]
     assert all(len(t.x) == 30 and list(t.x) == list(range(30)) for t in fig.data)
     assert list(fig.data[0].y) == pytest.approx([l.max for l in result.layers])
@@ -88,7 +87,7 @@ def test_residual_profile(result):
 
 
 def test_ratio_profile(result):
-    fig = F.ratio_profile(result)
+    fig = massive.ratio_profile(result)
     assert list(fig.data[0].y) == pytest.approx([l.ratio for l in result.layers])
     assert fig.data[1].name == "dim 507: max |h| / median" and len(fig.data[1].y) == 30
     assert sorted(s.y0 for s in fig.layout.shapes if s.y0 == s.y1) == list(RATIOS)
@@ -99,13 +98,13 @@ def test_ratio_profile(result):
 
 
 def test_massive_tokens(result):
-    fig = F.massive_tokens(result)
+    fig = massive.massive_tokens(result)
     assert [t.name for t in fig.data] == ["dim 507"]
     assert list(fig.data[0].x) == ["0: &lt;|endoftext|&gt;"]
     assert list(fig.data[0].y) == [sum(len(l.massive) for l in result.layers)]
     assert fig.data[0].customdata[0][3] == "11-27"
     empty = dataclasses.replace(result, layers=[dataclasses.replace(l, massive=[]) for l in result.layers])
-    assert "no massive activations at these thresholds" in annotations(F.massive_tokens(empty))
+    assert "no massive activations at these thresholds" in annotations(massive.massive_tokens(empty))
 
 
 def test_origin_detail_and_heatmap(detail, result):
@@ -115,24 +114,24 @@ def test_origin_detail_and_heatmap(detail, result):
     assert set(detail.row_norms) == {"W_up", "W_gate"}
     assert detail.row_norms["W_up"][NEURONS] == pytest.approx(result.massive_weights["W_up"]["row_norms"], rel=1e-5)
     assert json.loads(json.dumps(detail.to_dict()))["neurons"] == NEURONS
-    fig = F.origin_heatmap(detail)
+    fig = massive.origin_heatmap(detail)
     z = np.asarray(fig.data[0].z)
     assert z.shape == (64, 576)
     assert np.unravel_index(z.argmax(), z.shape) == (0, 507)
     assert z[0, 507] == pytest.approx(np.log10(abs(detail.resid[0, 507])), rel=1e-6)
     assert fig.data[0].y[0] == "0: &lt;|endoftext|&gt;" and len(fig.data[0].y) == 64
-    massive = fig.data[1]
-    assert list(massive.x) == [507] and list(massive.y) == [fig.data[0].y[0]]
+    circled = fig.data[1]
+    assert list(circled.x) == [507] and list(circled.y) == [fig.data[0].y[0]]
     for word in ("dim", "position", "token"):
-        assert word in fig.data[0].hovertemplate + massive.hovertemplate
+        assert word in fig.data[0].hovertemplate + circled.hovertemplate
     assert any("dim 507, position 0" in t for t in annotations(fig))
 
 
 def test_neuron_profile(detail):
-    fig = F.neuron_profile(detail)
+    fig = massive.neuron_profile(detail)
     rest, top = fig.data
     assert list(top.x) == NEURONS and list(top.text) == [str(n) for n in NEURONS]
-    assert top.marker.color == F.HIGHLIGHT and rest.marker.color != F.HIGHLIGHT
+    assert top.marker.color == style.HIGHLIGHT and rest.marker.color != style.HIGHLIGHT
     assert len(rest.x) == 1536 - 5 and not set(rest.x) & set(NEURONS)
     assert list(top.y) == pytest.approx(np.abs(detail.post[NEURONS]).tolist())
     assert min(top.y) > max(rest.y)
@@ -140,7 +139,7 @@ def test_neuron_profile(detail):
 
 
 def test_weight_row_norms(detail, result):
-    fig = F.weight_row_norms(detail)
+    fig = massive.weight_row_norms(detail)
     lines = [t for t in fig.data if t.mode == "lines"]
     marks = [t for t in fig.data if t.mode == "markers+text"]
     assert [t.name for t in lines] == ["W_gate rows", "W_up rows"]  # Arch.ffn_in_names, forward order
@@ -163,21 +162,21 @@ def test_token_strings_are_escaped_where_plotly_renders_html(result, detail):
     bad_detail = dataclasses.replace(detail, model=BAD, tokens=[BAD] * len(detail.tokens))
     bad_rows = [{"mode": BAD, "layer": 11, "k": 1, "neurons": [1], "dims": [], "seed": None, "ppl": 50.0,
                  "tasks": {BAD: {"acc": 0.3, "chance": 0.25}}}]
-    figs = [F.residual_profile(bad_scan), F.ratio_profile(bad_scan), F.massive_tokens(bad_scan),
-            F.origin_heatmap(bad_detail), F.neuron_profile(bad_detail), F.weight_row_norms(bad_detail),
-            F.ablation_figure(bad_rows, {"ppl": 10.0, "tasks": {BAD: {"acc": 0.4, "chance": 0.25}}})]
+    figs = [massive.residual_profile(bad_scan), massive.ratio_profile(bad_scan), massive.massive_tokens(bad_scan),
+            massive.origin_heatmap(bad_detail), massive.neuron_profile(bad_detail), massive.weight_row_norms(bad_detail),
+            ablate.ablation_figure(bad_rows, {"ppl": 10.0, "tasks": {BAD: {"acc": 0.4, "chance": 0.25}}})]
     for fig in figs:
         text = json.dumps(fig.to_plotly_json(), default=str)
         assert "<script>" not in text and "<b>x" not in text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in text
     heat = figs[3]
-    assert heat.data[0].y[0] == "0: " + F.esc(BAD) and heat.data[1].customdata[0][0] == F.esc(BAD)
+    assert heat.data[0].y[0] == "0: " + style.esc(BAD) and heat.data[1].customdata[0][0] == style.esc(BAD)
 
 
 def test_ablation_figure_without_accuracies(table):
     base = table["baseline"]["ppl"]
-    fig = F.ablation_figure(table["results"], table["baseline"])
-    assert F.ablation_figure(table).to_plotly_json()["data"] == fig.to_plotly_json()["data"]
+    fig = ablate.ablation_figure(table["results"], table["baseline"])
+    assert ablate.ablation_figure(table).to_plotly_json()["data"] == fig.to_plotly_json()["data"]
     assert "yaxis2" not in fig.layout.to_plotly_json() and fig.layout.yaxis.type == "log"
     by_name = {t.name: t for t in fig.data}
     zero = [r for r in table["results"] if r["mode"] == "zero"]
@@ -192,7 +191,7 @@ def test_ablation_figure_without_accuracies(table):
 
 def test_ablation_figure_with_accuracies(table):
     data = with_tasks(table)
-    fig = F.ablation_figure(data["results"], data["baseline"])
+    fig = ablate.ablation_figure(data["results"], data["baseline"])
     assert fig.layout.yaxis2.title.text == "accuracy" and fig.layout.yaxis.type == "log"
     acc = [t for t in fig.data if t.yaxis == "y2" and t.name.startswith("zero · ")]
     assert [t.name for t in acc] == ["zero · probe_builtins", "zero · probe_pydoc_topics"]
@@ -204,10 +203,10 @@ def test_ablation_figure_with_accuracies(table):
 
 def all_figures(result, detail, table):
     data = with_tasks(table)
-    return {"residual": F.residual_profile(result), "ratio": F.ratio_profile(result),
-            "tokens": F.massive_tokens(result), "heatmap": F.origin_heatmap(detail),
-            "neurons": F.neuron_profile(detail), "norms": F.weight_row_norms(detail),
-            "ablation": F.ablation_figure(table), "ablation_acc": F.ablation_figure(data["results"], data["baseline"])}
+    return {"residual": massive.residual_profile(result), "ratio": massive.ratio_profile(result),
+            "tokens": massive.massive_tokens(result), "heatmap": massive.origin_heatmap(detail),
+            "neurons": massive.neuron_profile(detail), "norms": massive.weight_row_norms(detail),
+            "ablation": ablate.ablation_figure(table), "ablation_acc": ablate.ablation_figure(data["results"], data["baseline"])}
 
 
 def test_every_figure_has_template_titles_and_axis_labels(result, detail, table):
@@ -219,36 +218,13 @@ def test_every_figure_has_template_titles_and_axis_labels(result, detail, table)
         assert all(t.hovertemplate for t in fig.data if t.x is not None and len(t.x) and t.x[0] is not None), name
 
 
-def test_save_png_renders_every_figure(result, detail, table, tmp_path):
-    import matplotlib.image
-
-    for name, fig in all_figures(result, detail, table).items():
-        path = save_png(fig, tmp_path / f"{name}.png")
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        h, w, _ = matplotlib.image.imread(path).shape
-        assert 900 <= w <= 2400 and 450 <= h <= 1800, (name, w, h)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.png" for n in all_figures(result, detail, table))
-
-
-def test_save_png_generic_subplots_and_dicts(tmp_path):
-    import matplotlib.image
-
-    fig = make_subplots(rows=2, cols=2, subplot_titles=["bars", "heat", "log", "text"])
-    fig.add_trace(go.Bar(x=["a", "b"], y=[1, 2], name="one"), row=1, col=1)
-    fig.add_trace(go.Bar(x=["a", "b"], y=[3, 1], name="two"), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=np.arange(12.0).reshape(3, 4), colorscale="RdBu"), row=1, col=2)
-    fig.add_trace(go.Scatter(x=[1, 10, 100], y=[1e-3, 1, 1e3], mode="lines+markers", marker={"symbol": "diamond-open"}),
-                  row=2, col=1)
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="markers+text", text=["$5 <b>x</b>", "&lt;y&gt;"],
-                             marker={"color": ["red", "rgba(0,0,255,0.5)"], "size": [8, 14]}), row=2, col=2)
-    fig.update_layout(barmode="stack", title="generic <i>figure</i>", width=800, height=600)
-    fig.update_xaxes(type="log", row=2, col=1)
-    fig.update_yaxes(type="log", row=2, col=1)
-    fig.add_hrect(y0=0.2, y1=0.4, fillcolor="gray", opacity=0.2, row=2, col=2)
-    fig.add_annotation(x=1, y=0, text="arrow", row=2, col=1)
-    out = save_png(fig.to_dict(), tmp_path / "sub" / "generic.png")
-    h, w, _ = matplotlib.image.imread(out).shape
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 1000 <= w <= 1500 and 700 <= h <= 1200
-    assert [p.name for p in out.parent.iterdir()] == ["generic.png"]
-    (out.parent / "plain").touch()
-    assert out.stat().st_mode == (out.parent / "plain").stat().st_mode  # not mkstemp's 0600
+def test_every_figure_exports_through_plotly(chrome, result, detail, table, tmp_path):
+    """All figures in one kaleido session, each at its layout size times the scale."""
+    figs = all_figures(result, detail, table)
+    paths = save_figures(figs, tmp_path, scale=1)
+    assert [p.name for p in paths] == [f"{n}.png" for n in figs]
+    for (name, fig), path in zip(figs.items(), paths):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
+        assert size == figure_size(fig), name

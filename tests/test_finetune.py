@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.collapse import CollapseStats
+from analyses.geometry import CollapseStats
 from analyses.evaluate import eval_rows, perplexity
-from analyses.finetune import FinetuneConfig, finetune, save
-from analyses.tasks import zero_shot
+from analyses.training.finetuning import FinetuneConfig, finetune, save
+from analyses.evaluate import zero_shot
 
 ROWS = [1229, 1487, 1010, 926, 1401]
 CFG = FinetuneConfig(steps=3, eval_every=2, batch_size=2, seq_len=64, eval_seqs=2, lid_points=150, lid_k=12,

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.collapse import CollapseStats, _group_sum
+from analyses.geometry import CollapseStats
+from analyses.geometry.collapse import _group_sum
 from analyses.geometry import geometry, next_token_classes
-from analyses.lid import LocalTwoNN
+from analyses.geometry import LocalTwoNN
 from probe.capture import capture
 from probe.data import load_corpus, token_windows
 from probe.errors import LayerError, ProbeError

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.collapse import CollapseStats
-from analyses.lid import LocalTwoNN
+from analyses.geometry import CollapseStats
+from analyses.geometry import LocalTwoNN
 
 PROBE = str(Path(sys.executable).parent / "probe")
 

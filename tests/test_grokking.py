@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.grokking import GrokConfig, GrokLog, Transformer, eval_steps, grok, save, split, tokens
+from analyses.training.grokking import GrokConfig, GrokLog, Transformer, eval_steps, grok, save, split, tokens
 from probe.errors import ProbeError
 
 TINY = GrokConfig(p=23, train_frac=0.4, d_model=32, n_heads=4, d_mlp=64, steps=6, eval_every=3,

@@ -1,4 +1,4 @@
-"""Tests for analyses.lid (local intrinsic dimension estimators)."""
+"""Tests for analyses.geometry.lid (local intrinsic dimension estimators)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import skdim  # dev dependency (test-only reference): a missing install must fail, not skip
 import torch
 
-from analyses.lid import MLE, LocalTwoNN, TwoNN, knn, twonn_from_mu
+from analyses.geometry import MLE, LocalTwoNN, TwoNN, knn, twonn_from_mu
 
 
 def _embedded_cube(n: int, d: int, D: int, seed: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from analyses.macdrop import MacDrop, macdrop_callback, schedule
+from analyses.training import MacDrop, macdrop_callback, schedule
 from probe.arch import weight_view
 from probe.errors import LayerError, ProbeError
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from analyses.massive import scan
-from analyses.prepend import _moved, alternatives, compare_prepend, label, others
+from analyses.massive.prepend import _moved
+from analyses.massive import alternatives, compare_prepend, label, others
 
 PROBE = str(Path(sys.executable).parent / "probe")
 OPTS = dict(name="smollm2", n_seqs=4, seq_len=48, k=3)

@@ -105,7 +105,7 @@ def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm, side):
 
 def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
     """Every ablation mode as interventions in simulated NDIF requests (the weights untouched)
-    gives the table of the weight edits: exact, ``super`` to rel 1e-5 (see analyses.intervene).
+    gives the table of the weight edits: exact, ``super`` to rel 1e-5 (see analyses.ablate.traced).
     The plans for a layer other than the origin come from a remote capture too."""
     rows = token_windows(smol.tokenizer, load_corpus("stdlib"), seq_len=32, n_seqs=2)  # those of the scan
     plans = []
@@ -159,5 +159,5 @@ def test_remote_needs_nnsight_and_a_served_model(smol):
         capture(smol.model, "blocks.0.hook_resid_post", reduce=TopK(1), backend="nnsight", remote=True)
     with pytest.raises(ProbeError, match="remote must be"):
         scan(smol.model, smol.tokenizer, backend="nnsight", remote="yes")
-    with pytest.raises(ProbeError, match="'torch' or 'nnsight'"):
+    with pytest.raises(ProbeError, match="unknown backend 'transformer_lens'; choose one of torch, nnsight"):
         scan(smol.model, smol.tokenizer, backend="transformer_lens")

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import plotly.offline
 import pytest
 
-from analyses import report
+from analyses.report import html as report
 from analyses.report import Section, render_html, to_jsonable, write_report
 
 XSS = "<script>alert(1)</script>"

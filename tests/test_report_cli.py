@@ -12,24 +12,21 @@ import sys
 import time
 from pathlib import Path
 
+import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 import torch
 
-import analyses.ablate
+import analyses.ablate.run
 import analyses.cli
-from browser import INSTALL, check_report, chromium_path
+import analyses.cli.options
+from analyses.report.export import figure_size
+from browser import check_report, chromium_path
 
 PROBE = str(Path(sys.executable).parent / "probe")
 SMALL = ["--n-seqs", "4", "--seq-len", "64", "--eval-seqs", "2", "--n-tokens", "200", "--lid-k", "16", "-q"]
 XSS = "<script>alert(1)</script>"
 ARTIFACTS = Path(os.environ.get("PROBE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
-
-
-def need_chromium() -> None:
-    if chromium_path() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"headless Chromium is needed; install it: {INSTALL}")
-        pytest.skip(f"headless Chromium is needed; install it: {INSTALL}")
 
 
 def probe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -38,10 +35,22 @@ def probe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
+    """The full report; with --static (Plotly's exporter) where a Chromium is there to draw it."""
     out = tmp_path_factory.mktemp("report") / "smollm2"
-    r = probe("report", "--out", str(out), "--static", *SMALL)
+    static = ["--static"] if chromium_path() else []
+    r = probe("report", "--out", str(out), *static, *SMALL)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def html_figures(html: str) -> dict[str, go.Figure]:
+    """The figures as the report draws them: ``Plotly.newPlot("fig-id", data, layout, config)``."""
+    figures, decoder = {}, json.JSONDecoder()
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"(fig-[^"]+)",\s*', html):
+        data, end = decoder.raw_decode(html, m.end())
+        layout, _ = decoder.raw_decode(html, html.index("{", end))
+        figures[m.group(1)] = go.Figure(data=data, layout=layout)
+    return figures
 
 
 def test_report_files(report: Path) -> None:
@@ -53,15 +62,26 @@ def test_report_files(report: Path) -> None:
     assert results["header"]["command"].startswith("probe report --out")
     assert len(results["geometry"]["layers"]) == 30
     assert f'{results["ablation"]["baseline"]["ppl"]:.2f}' in html  # the numbers in the text are the results'
-    pngs = sorted(p.name for p in report.glob("*.png"))
-    assert len(pngs) == len(re.findall(r'<div id="fig-', html)) == 10  # 9 + the window-protocol comparison
+    assert len(re.findall(r'<div id="fig-', html)) == len(html_figures(html)) == 10  # 9 + the window-protocol comparison
     assert results["protocol"]["prepend"] == "auto" and results["protocol"]["ids"] == []  # SmolLM2 adds nothing
     assert "window protocol" in html and "Window protocol: does the picture move?" in html
     assert (report / "report.html").stat().st_size < 8_000_000
 
 
-def test_report_renders_in_chromium(report: Path) -> None:
-    need_chromium()
+def test_static_pngs_are_plotlys_own_export(chrome: str, report: Path) -> None:
+    """--static writes, per figure of the report and in report order, the PNG that Plotly's own
+    exporter (plotly.io.to_image, kaleido) makes of the figure the HTML draws: byte for byte."""
+    figures = list(html_figures((report / "report.html").read_text()).values())
+    pngs = sorted(report.glob("*.png"))
+    assert [p.name for p in pngs][:2] == ["01-massive-activations-per-layer-1.png",
+                                           "02-massive-activations-per-layer-2.png"]
+    assert len(pngs) == len(figures) == 10
+    for png, fig in zip(pngs, figures):
+        width, height = figure_size(fig)
+        assert png.read_bytes() == pio.to_image(fig, format="png", width=width, height=height, scale=2), png.name
+
+
+def test_report_renders_in_chromium(chrome: str, report: Path) -> None:
     html = (report / "report.html").read_text()
     ids = re.findall(r'<div id="(fig-[^"]+)"', html)
     shot = report.parent / "probe-report.png"
@@ -70,7 +90,7 @@ def test_report_renders_in_chromium(report: Path) -> None:
     (ARTIFACTS / "probe-report.png").write_bytes(shot.read_bytes())
 
 
-def test_hostile_corpus_is_escaped(tmp_path: Path) -> None:
+def test_hostile_corpus_is_escaped(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     corpus = tmp_path / "hostile.txt"
     corpus.write_text((f"Here is {XSS} in the text and a token {XSS}.\n" * 200))
     out = tmp_path / "r"
@@ -82,7 +102,7 @@ def test_hostile_corpus_is_escaped(tmp_path: Path) -> None:
     assert XSS not in html and "<script>alert" not in html
     assert "\\u003c\\u002f" in html or "\\u003c/" in html  # the '</' token, escaped in the figure JSON
     assert html.count("</script>") == len(re.findall(r"<script[ >]", html))  # every script closes its own tag
-    need_chromium()
+    request.getfixturevalue("chrome")  # the browser half needs Chromium
     assert check_report(out / "report.html", re.findall(r'<div id="(fig-[^"]+)"', html), timeout=60) == []
 
 
@@ -96,7 +116,7 @@ def test_ctrl_c_during_ablation_restores_weights_and_writes_nothing(smol, tmp_pa
     (out / "report.html").write_text("previous report")
     before = checksum(smol.model)
     calls = {"n": 0}
-    real = analyses.ablate.perplexity
+    real = analyses.ablate.run.perplexity
 
     def interrupted(model, rows, *a, **kw):
         calls["n"] += 1
@@ -104,8 +124,8 @@ def test_ctrl_c_during_ablation_restores_weights_and_writes_nothing(smol, tmp_pa
             raise KeyboardInterrupt
         return real(model, rows, *a, **kw)
 
-    monkeypatch.setattr(analyses.ablate, "perplexity", interrupted)
-    monkeypatch.setattr(analyses.cli, "_load", lambda *a, **kw: smol)
+    monkeypatch.setattr(analyses.ablate.run, "perplexity", interrupted)
+    monkeypatch.setattr(analyses.cli.options.ModelArgs, "load", lambda self: smol)
     with pytest.raises(SystemExit) as exit_:
         analyses.cli.main(["report", "--out", str(out), "--sections", "massive,ablation", *SMALL])
     assert exit_.value.code == 130 and calls["n"] == 3

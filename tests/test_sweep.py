@@ -11,7 +11,7 @@ import torch
 from analyses.ablate import Ablation, Plan, make_plans, run_plans
 from analyses.evaluate import eval_rows
 from analyses.massive import scan
-from analyses.sweep import run_plans_ray
+from analyses.ablate import run_plans_ray
 from probe.data import load_corpus, token_windows
 from probe.errors import ProbeError, UnknownModelError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.tasks import builtins_docs, pydoc_topics_docs, zero_shot
+from analyses.evaluate import builtins_docs, pydoc_topics_docs, zero_shot
 from probe.errors import ProbeError
 
 

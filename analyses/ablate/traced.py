@@ -1,6 +1,6 @@
 """Ablation plans as interventions inside an nnsight trace: the weights are never touched.
 
-:func:`analyses.ablate.applied` edits weights in place and restores them. A model served by NDIF
+Weight edits (:func:`analyses.ablate.weights.applied`) change weights in place and restores them. A model served by NDIF
 is shared and a request can fail halfway, so there the same plans run as edits of the
 activations inside the trace (House of Cards, arXiv 2410.01866, §3-4, for the ablations). Per
 token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of ``W_down``):
@@ -17,7 +17,7 @@ token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of `
   as :func:`probe.edit.edit_residual`.
 
 The perplexity (protocol of :mod:`analyses.evaluate`) is summed inside the trace
-(:func:`analyses.evaluate.sum_nll`), so a request sends back one number per batch of rows; one
+(:func:`analyses.evaluate.likelihood.sum_nll`), so a request sends back one number per batch of rows; one
 request per plan and batch, or several batched into one (:func:`traced_perplexities`,
 ``per_request``). Biases and ``W_down`` rows are read inside the trace, i.e. from the server's
 weights when remote; the edits are plain data (:class:`Step`), resolved on the model's meta copy
@@ -27,77 +27,27 @@ before any request.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from analyses.evaluate import Perplexity, sum_nll
-from probe.arch import arch_for, d_ff, get_path, input_device, layer, weight_view
-from probe.backends import as_nnsight, envoy_at, hf_module, module_paths, portable, shipped
-from probe.errors import EditError, ProbeError
-from probe.hookpoints import HookPoint, resolve
+from analyses.ablate.data import Plan, Step
+from analyses.ablate.modes import get_mode
+from analyses.evaluate.likelihood import Perplexity, sum_nll
+from probe.arch import get_path, input_device, layer, weight_view
+from probe.backends import as_nnsight, envoy_at, hf_module, shipped
+from probe.errors import ProbeError
 from probe.offload import held
 
-if TYPE_CHECKING:
-    from analyses.ablate import Plan
-
-
-@dataclass(frozen=True)
-class Step:
-    """One edit of the output of the module at ``path`` in block ``layer``:
-
-    - ``fill``: outputs ``cols`` set to the module's bias there (0 without a bias);
-    - ``recompute``: outputs ``cols`` of the down projection recomputed from its input with
-      ``W_down[cols, zeroed]`` set to 0;
-    - ``set``: the residual stream (``point`` on the block's output) at ``positions x cols``
-      set to ``value``.
-    """
-
-    kind: str
-    path: str
-    layer: int
-    cols: tuple[int, ...]
-    zeroed: tuple[int, ...] = ()
-    positions: tuple[int, ...] = ()
-    value: float = 0.0
-    point: HookPoint | None = None
 
 
 def steps(model: nn.Module, plan: Plan, seq_len: int) -> list[Step]:
     """The :class:`Step` s (in forward order) equivalent to ``plan`` on ``model`` (an HF module,
-    possibly on the meta device); out-of-range layers, rows, dims or positions raise."""
-    arch = arch_for(model)
-    block = layer(model, plan.layer, arch)
-    paths = module_paths(model)
-    width = d_ff(model, arch)
-    _check(plan.neurons, width, "FFN row")
-    if plan.mode in ("zero", "random", "retain"):
-        chosen = set(plan.neurons)
-        rows = [n for n in range(width) if n not in chosen] if plan.mode == "retain" else list(plan.neurons)
-        cols: dict[str, list[int]] = {}
-        for name in arch.ffn_in_names:
-            view = weight_view(model, plan.layer, name, arch)
-            cols.setdefault(paths[id(view.module)], []).extend(view.row_offset + n for n in rows)
-        return [Step("fill", path, plan.layer, tuple(c)) for path, c in cols.items()]
-    if plan.mode == "super":
-        view = weight_view(model, plan.layer, "W_down", arch)
-        _check(plan.dims, view.n_rows, "residual dim")
-        return [Step("recompute", paths[id(view.module)], plan.layer, tuple(plan.dims), tuple(plan.neurons))]
-    if plan.mode in ("residual-zero", "residual-mean"):
-        (point,) = resolve(model, f"blocks.{plan.layer}.hook_resid_post")
-        _check(plan.dims, weight_view(model, plan.layer, "W_down", arch).n_rows, "residual dim")
-        _check(plan.positions, seq_len, "position")
-        return [Step("set", paths[id(block)], plan.layer, tuple(plan.dims), positions=tuple(plan.positions),
-                     value=plan.value, point=portable(point))]
-    raise ProbeError(f"unknown ablation mode {plan.mode!r}")
-
-
-def _check(indices: tuple[int, ...], size: int, what: str) -> None:
-    bad = [i for i in indices if not 0 <= i < size]
-    if bad:
-        raise EditError(f"{what} {bad} out of range 0..{size - 1}")
+    possibly on the meta device), from its mode (:mod:`analyses.ablate.modes`); out-of-range
+    layers, rows, dims or positions raise."""
+    layer(model, plan.layer)  # a layer out of range raises here, whatever the mode
+    return get_mode(plan.mode).steps(model, plan, seq_len)
 
 
 def apply(runner: Any, step: Step) -> None:
@@ -134,7 +84,7 @@ def apply(runner: Any, step: Step) -> None:
 def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | None], remote: bool | str = False,
                         tokenizer: Any = None, batch_size: int = 8, per_request: int = 1, corpus: str = "stdlib",
                         progress: Callable[[int], None] | None = None) -> list[Perplexity]:
-    """:func:`analyses.evaluate.perplexity` of ``model`` with each plan of ``plans`` (``None``: the
+    """:func:`analyses.evaluate.likelihood.perplexity` of ``model`` with each plan of ``plans`` (``None``: the
     model as it is) applied as interventions inside nnsight traces (module docstring). Each equals
     the perplexity of the weight-edited model (:func:`analyses.ablate.measure`).
 

@@ -19,7 +19,7 @@ overfitting on small algorithmic datasets", arXiv 2201.02177) as used by Nanda e
 At step 0, at steps 1, 2, 5, 10, 20, 50, ... below ``eval_every`` (so that a log-step axis shows
 the memorisation phase), every ``eval_every`` steps and at ``steps`` the log records train/test loss and
 accuracy, the parameter norm ||theta||_2, and the mean local TwoNN dimension
-LID = mean_x LID(x) (:class:`analyses.lid.LocalTwoNN`, k = ``lid_k``) of h over a fixed sample of
+LID = mean_x LID(x) (:class:`analyses.geometry.lid.LocalTwoNN`, k = ``lid_k``) of h over a fixed sample of
 ``lid_points`` test pairs (``lid_test``) and of training pairs (``lid_train``). "Less is More:
 Local Intrinsic Dimensions of Contextual Language Models" (arXiv 2506.01034) reports that mean
 LID falls as a model generalises and that it signals grokking. Here mean LID starts near 2-3 (a
@@ -44,8 +44,9 @@ from einops import rearrange
 from plotly.subplots import make_subplots
 from torch import nn
 
-from analyses.lid import LocalTwoNN
-from analyses.report import Section, new_folder, write_csv, write_report
+from analyses.geometry.lid import LocalTwoNN
+from analyses.report.html import Section, new_folder, write_csv, write_report
+from analyses.report.style import TEMPLATE
 from probe.errors import ProbeError
 
 __all__ = ["GrokConfig", "GrokLog", "Transformer", "split", "eval_steps", "grok", "save"]
@@ -135,7 +136,7 @@ class GrokLog:
         fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=1)
         fig.update_yaxes(title_text=f"mean LID (k={c['lid_k']})", row=2, col=1)
         fig.update_layout(title=f"Grokking (a + b) mod {c['p']}, train fraction {c['train_frac']}",
-                          height=650, width=900, template="plotly_white")
+                          height=650, width=900, template=TEMPLATE)
         return fig
 
 

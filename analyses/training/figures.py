@@ -1,4 +1,4 @@
-"""Figures and the report section of fine-tuning runs (:mod:`analyses.finetune`).
+"""Figures and the report section of fine-tuning runs (:mod:`analyses.training.finetuning`).
 
 Every function takes runs as ``{name: log}`` where ``log`` is ``FinetuneLog.to_dict()`` (or the
 ``results.json`` a run wrote), so one run and a comparison of saved runs (``probe compare``)
@@ -15,7 +15,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analyses.report import RESULTS_NAME, Section
+from analyses.report.html import RESULTS_NAME, Section
+from analyses.report.style import TEMPLATE
 from probe.errors import ProbeError
 
 Run = Mapping[str, Any]
@@ -80,7 +81,7 @@ def finetune_figure(runs: Mapping[str, Run]) -> go.Figure:
     if other:
         fig.update_yaxes(title_text="value", type="log", row=len(titles), col=1)
     fig.update_xaxes(title_text="optimiser step", row=len(titles), col=1)
-    fig.update_layout(template="plotly_white", height=260 * len(titles), hovermode="x unified",
+    fig.update_layout(template=TEMPLATE, height=260 * len(titles), hovermode="x unified",
                       title="Fine-tuning: " + ", ".join(runs))
     return fig
 

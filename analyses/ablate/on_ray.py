@@ -47,7 +47,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from analyses.ablate import Ablation, Plan, measure, tabulate
+from analyses.ablate.run import Ablation, measure, tabulate
+from analyses.ablate.data import Plan
 from probe.errors import ProbeError
 
 INSTALL = "pip install 'probe[scale]'"

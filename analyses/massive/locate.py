@@ -17,7 +17,7 @@ Definitions (thresholds are parameters):
   massive dim, ``carriers`` counts the windows in which it is massive at all and on the first
   token; a dim massive in fewer than half the windows is reported in ``warnings`` (the picture
   then depends on the text rather than on a fixed sink, and may move with the window protocol:
-  :mod:`analyses.prepend`).
+  :mod:`analyses.massive.prepend`).
 - **Top-k massive neurons**: the ``k`` dims of the FFN intermediate state
   ``act(W_gate x) * (W_up x)`` (the input of ``down_proj``) with the largest ``|value|`` at the
   origin layer, on the carrier token. The **massive weights** are those rows of
@@ -65,13 +65,13 @@ import torch
 
 from probe.arch import Arch, arch_for, n_layers, weight_view
 from probe.arch import layer as block
-from probe.backends import as_nnsight, call_on_model, hf_module
-from probe.capture import capture, run_all
+from probe.backends import as_nnsight, call_on_model, check_backend, hf_module
+from probe.capture import capture, one_sequence, run_all
 from probe.data import load_corpus, token_windows, window_protocol
 from probe.display import Figured
 from probe.errors import ProbeError
 from probe.offload import held
-from probe.reducers import DimMax, Exceed, Full, MaxMedian, TopK
+from probe.reducers import DimMax, Exceed, MaxMedian, TopK
 
 RATIOS = (100.0, 300.0, 1000.0, 3000.0)
 
@@ -95,7 +95,8 @@ class LayerScan:
 
 @dataclass
 class MassiveScan(Figured):
-    """Result of :func:`scan`; ``to_dict()`` is JSON-safe."""
+    """Result of :func:`scan`; ``to_dict()`` is JSON-safe; ``figure()`` is the residual-stream profile
+    per layer (:func:`analyses.massive.figures.residual_profile`)."""
 
     model: str
     corpus: str
@@ -142,12 +143,6 @@ class MassiveScan(Figured):
         rest = len(self.massive_tokens) - top
         return "; ".join(parts) + (f"; {rest} more positions" if rest > 0 else "")
 
-    def figure(self) -> Any:
-        """The residual-stream profile per layer (:func:`analyses.figures.residual_profile`)."""
-        from analyses.figures import residual_profile
-
-        return residual_profile(self)
-
 
 def scan(
     model: Any,
@@ -177,8 +172,7 @@ def scan(
     (``model`` = :func:`probe.models.load_remote`), ``"local"`` simulates that offline (see the
     module docstring for what travels). ``model`` may be an HF model or an nnsight model.
     """
-    if backend not in ("torch", "nnsight"):
-        raise ProbeError(f"scan runs on backend 'torch' or 'nnsight', not {backend!r}")
+    backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
     protocol = window_protocol(tokenizer, prepend)
     if windows is None:
         rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
@@ -372,9 +366,8 @@ def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: Mas
               f"blocks.{l}.mlp.hook_out", f"blocks.{l}.hook_resid_post"]
     if arch.sequential:
         points.insert(2, f"blocks.{l}.hook_resid_mid")
-    with capture(model, points, reduce=Full(), **opts) as cap:
-        cap.run(rows[b : b + 1])
-    post = cap[f"blocks.{l}.mlp.hook_post"][0, p]
+    full = one_sequence(model, rows[b], points, **opts)
+    post = full[f"blocks.{l}.mlp.hook_post"][p]
     vals, idx = post.abs().topk(k)
     result.massive_neurons = idx.tolist()
     result.neuron_values = post[idx].tolist()
@@ -390,7 +383,7 @@ def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: Mas
                          "mean_row_norm": float(row_norms.mean()), "median_row_norm": float(row_norms.median())}
     result.massive_weights = {"layer": l, **weights}
     result.super_weight = {"layer": l, "row": d, "col": n, "value": values[-1]}
-    result.attribution = _attribution(arch, {name.split(".", 2)[-1]: cap[name][0, p, d].item() for name in points
+    result.attribution = _attribution(arch, {name.split(".", 2)[-1]: full[name][p, d].item() for name in points
                                              if not name.endswith("hook_post")}, l, p, d)
 
 
@@ -415,40 +408,3 @@ def _attribution(arch: Arch, at: dict[str, float], l: int, p: int, d: int) -> di
     if not exact:
         out["note"] = "post-LN block: the parts are the inputs of the block's final norm, not additive shares"
     return out
-
-
-def render_scan(result: MassiveScan, console: Any) -> None:
-    """Print a scan as rich tables."""
-    from rich.table import Table
-
-    table = Table("layer", "max |h|", "median |h|", "max/median", "massive", "top (value @ pos, dim, token)",
-                  title=f"Residual stream of {result.model} on {result.n_tokens} tokens of {result.corpus}",
-                  caption=f"window protocol: {result.protocol.get('text', '?')}")
-    for layer in result.layers:
-        t = layer.top[0]
-        mark = " <- origin" if layer.layer == result.origin_layer else ""
-        table.add_row(str(layer.layer), f"{layer.max:.1f}", f"{layer.median:.4f}", f"{layer.ratio:.0f}x",
-                      f"{len(layer.massive)}{mark}", f"{t['value']:.1f} @ {t['position']}, {t['dim']}, {t['token']!r}")
-    console.print(table)
-    console.print(f"origin layer (|v| > {result.abs_threshold:g} and > {result.ratio:g}x median, persisting): "
-                  f"{result.origin_layer}; by ratio: {result.origin_by_ratio}")
-    if result.origin_layer is None:
-        console.print("no massive activations at these thresholds")
-        return
-    console.print(f"massive dims: {result.massive_dims}; carried by {result.carried_by()}")
-    console.print("first token carries: " + ", ".join(
-        f"dim {c['dim']} in {c['first_token']} of {c['n_windows']} windows" for c in result.carriers))
-    console.print(f"top-{len(result.massive_neurons)} massive neurons at layer {result.origin_layer}: {result.massive_neurons} "
-                  f"(values {[round(v, 1) for v in result.neuron_values]})")
-    sw = result.super_weight
-    console.print(f"super weight: W_down[{sw['row']}, {sw['col']}] of layer {sw['layer']} = {sw['value']:.4f}")
-    a = result.attribution
-    console.print(f"attribution of {a['value']:.1f} (layer {a['layer']}, pos {a['position']}, dim {a['dim']}): "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in a["parts"].items()) + f" -> from {a['source']}")
-    for p in result.precursors:
-        console.print(f"precursor of dim {p['dim']}: layer {p['layer']} ({p['ratio_at_precursor']:.0f}x median)")
-    cands = [c for c in result.super_weight_candidates if c["same_token"] and c["output_ratio"] > 100]
-    console.print("super-weight candidates (input and output spike on one token, output > 100x median): "
-                  + "; ".join(f"layer {c['layer']} W_down[{c['row']}, {c['col']}] = {c['value']:.3f}" for c in cands))
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -221,20 +221,6 @@ class TwoNN:
 # --------------------------------------------------------------------------
 # pointwise (local) TwoNN
 # --------------------------------------------------------------------------
-def _neighbourhood_mu(P: torch.Tensor) -> torch.Tensor:
-    """mu = r2 / r1 of every member of each neighbourhood ``P`` (c, k, D),
-    r1, r2 taken among the other members of the same neighbourhood, by brute
-    force (float64 Gram form after centring; zero distances guarded so mu
-    stays finite). The reference for :func:`_mu_from_lists`."""
-    P = P - P.mean(dim=1, keepdim=True)
-    sq = (P * P).sum(-1)
-    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(P, P.transpose(1, 2))).clamp_min(0)
-    d2.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    r2 = torch.topk(d2, 2, dim=-1, largest=False, sorted=True).values
-    r1sq, r2sq = r2[..., 0].clamp_min(_TINY), r2[..., 1].clamp_min(_TINY)
-    return torch.sqrt(r2sq / r1sq).clamp_min(1.0)
-
-
 def _first_two(member: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positions of the first two entries of each row of ``lists`` (B, m, w) that
     are set in ``member`` (B, N), and whether both exist."""

@@ -53,7 +53,7 @@ def eval_rows(tokenizer: Any, corpus: str = "stdlib", seq_len: int = 256, n_seqs
 
 def sum_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """``-sum_rows sum_{t>=1} log softmax(logits[t-1])[token_t]`` for one batch (a 0-d tensor;
-    computed in float32). Also runs inside nnsight traces (:mod:`analyses.intervene`)."""
+    computed in float32). Also runs inside nnsight traces (:mod:`analyses.ablate.traced`)."""
     logits = logits[:, :-1].float()
     targets = batch[:, 1:].to(logits.device)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")

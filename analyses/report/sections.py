@@ -12,15 +12,17 @@ from __future__ import annotations
 import platform
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from analyses.report import Section
+from analyses.report.html import Section
+from analyses.report.style import TEMPLATE
 from probe.errors import ProbeError
 
-SECTIONS = ("massive", "ablation", "lid", "collapse")
+SECTIONS = ("massive", "ablation", "lid", "collapse")  # report order
+TOP = 10  # rows of a long list shown in the report; results.json has them all
 
 
 @dataclass
@@ -33,6 +35,8 @@ class ReportConfig:
     n_seqs: int = 16
     seq_len: int = 128
     k: int = 5
+    abs_threshold: float = 100.0  # massive: |v| above this and above ratio x the layer median (Sun et al. 2024)
+    ratio: float = 1000.0
     ablation_ks: tuple[int, ...] = (1, 2, 5)
     seeds: int = 2
     eval_seqs: int = 16
@@ -43,14 +47,65 @@ class ReportConfig:
     top_classes: int = 256
 
 
-def parse_sections(spec: str) -> list[str]:
-    chosen = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [s for s in chosen if s not in SECTIONS]
-    if bad or not chosen:
-        raise ProbeError(f"--sections {spec!r}: choose from {', '.join(SECTIONS)}")
+def parse_sections(chosen: Sequence[str]) -> list[str]:
+    """The sections to run, in report order; ``ablation`` brings ``massive`` (it edits the weights
+    the scan finds)."""
+    chosen = list(chosen)
+    if bad := [s for s in chosen if s not in SECTIONS]:
+        raise ProbeError(f"unknown report section {', '.join(map(repr, bad))}: choose from {', '.join(SECTIONS)}")
+    if not chosen:
+        raise ProbeError(f"no report section chosen: choose from {', '.join(SECTIONS)}")
     if "ablation" in chosen and "massive" not in chosen:
         chosen.insert(0, "massive")  # ablations edit the weights the scan finds
     return [s for s in SECTIONS if s in chosen]
+
+
+@dataclass
+class Run:
+    """What the sections of one report share: the model, the sizes, the sections asked for, and
+    what each leaves behind (``results`` for results.json; ``scan`` for the ablations)."""
+
+    loaded: Any
+    cfg: ReportConfig
+    chosen: list[str]
+    results: dict[str, Any] = field(default_factory=dict)
+    scan: Any = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    names: tuple[str, ...]  # the section names it serves (lid and collapse share one geometry pass)
+    label: str  # progress-bar label
+    steps: Callable[[ReportConfig], int]  # progress-bar total
+    build: Callable[[Run, Callable[[int], None] | None], list[Section]]
+
+
+_REGISTRY: list[Registered] = []
+
+
+def section(*names: str, label: str, steps: Callable[[ReportConfig], int]) -> Callable[[Any], Any]:
+    """Register ``build(run, progress) -> [Section, ...]`` for the report sections ``names``
+    (the lm-eval registry habit: adding a section is one decorated function)."""
+    unknown = set(names) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"add {sorted(unknown)} to SECTIONS (it fixes the report order)")
+
+    def register(build: Any) -> Any:
+        _REGISTRY.append(Registered(names, label, steps, build))
+        return build
+
+    return register
+
+
+def run_sections(run: Run, progress_bar: Callable[[str, int], Any]) -> list[Section]:
+    """Every registered section that ``run.chosen`` asks for, in report order, each inside
+    ``progress_bar(label, total)`` (a context manager yielding ``advance(n)``)."""
+    parts: list[Section] = []
+    for entry in sorted(_REGISTRY, key=lambda e: SECTIONS.index(e.names[0])):
+        if set(entry.names) & set(run.chosen):
+            with progress_bar(entry.label, entry.steps(run.cfg)) as advance:
+                parts += entry.build(run, advance)
+    return parts
 
 
 def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
@@ -61,7 +116,8 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
 
     versions = ", ".join(f"{p} {version(p)}" for p in ("probe", "torch", "transformers", "plotly"))
     return {
-        "model": f"{loaded.spec} ({loaded.source})",
+        "model": loaded.name,
+        "loaded from": loaded.where(),
         "corpus": corpus,
         "window protocol": window_protocol(loaded.tokenizer, prepend).describe(),
         "tokens": tokens,
@@ -71,12 +127,21 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
     }
 
 
+@section("massive", label="scanning", steps=lambda cfg: 1)
+def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
+    found, run.scan, extra = massive_section(run.loaded, run.cfg)
+    run.results.update(massive=run.scan.to_dict(), **extra)
+    return found
+
+
 def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any, dict[str, Any]]:
-    from analyses import figures
-    from analyses.massive import scan
+    from analyses.massive import figures
+    from analyses.massive.locate import scan
+    from analyses.massive.origin import origin_detail
 
     model, tok = loaded.model, loaded.tokenizer
-    opts = dict(name=loaded.spec, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k)
+    opts = dict(name=loaded.name, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k,
+                abs_threshold=cfg.abs_threshold, ratio=cfg.ratio)
     result = scan(model, tok, prepend=cfg.prepend, **opts)
     extra: dict[str, Any] = {}
     sections = [Section(
@@ -92,16 +157,19 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     if result.origin_layer is None:
         sections[0].text += " No massive activation at these thresholds, so there are no massive weights to show."
         return sections, result, extra
-    detail = figures.origin_detail(model, tok, result)
+    detail = origin_detail(model, tok, result)
     sw = result.super_weight
     sections += [
         Section(
             "Where the massive activations sit",
             f"|activation| over token position x dim at the origin layer {result.origin_layer} for the sequence "
-            f"carrying the largest one; massive dims {result.massive_dims}, carried by {result.carried_by()}. "
-            "First token carries " + ", ".join(f"dim {c['dim']} in {c['first_token']} of {c['n_windows']} windows"
-                                               for c in result.carriers) + ".",
+            f"carrying the largest one; massive dims {_shortened(result.massive_dims)}, carried by "
+            f"{result.carried_by()}. The table gives, per massive dim, how many windows carry it on their first token"
+            + (f" (the top {TOP} of {len(result.carriers)}; results.json lists all)" if len(result.carriers) > TOP else "")
+            + ".",
             [figures.origin_heatmap(detail), figures.massive_tokens(result)],
+            table=[{"massive dim": c["dim"], "first token carries it": f"{c['first_token']}/{c['n_windows']} windows"}
+                   for c in result.carriers[:TOP]],
         ),
         Section(
             "Massive weights and the super weight",
@@ -114,10 +182,10 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     ]
     extra["origin_detail"] = detail.to_dict()
     if cfg.compare_prepend:
-        from analyses.prepend import PrependComparison, others
+        from analyses.massive.prepend import PrependComparison, others
 
         rest = [scan(model, tok, prepend=p, **opts) for p in others(tok, cfg.prepend)]
-        comparison = PrependComparison.of(loaded.spec, [result, *rest])
+        comparison = PrependComparison.of(loaded.name, [result, *rest])
         rows = comparison.rows()
         sections.append(Section(
             "Window protocol: does the picture move?",
@@ -133,10 +201,17 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     return sections, result, extra
 
 
+@section("ablation", label="ablating", steps=lambda cfg: len(cfg.ablation_ks) + 2 + cfg.seeds + 1)
+def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
+    found, run.results["ablation"] = ablation_section(run.loaded, run.cfg, run.scan, progress)
+    return found
+
+
 def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
                      progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
-    from analyses.ablate import make_plans, run_plans
-    from analyses.evaluate import eval_rows
+    from analyses.ablate.plans import make_plans
+    from analyses.ablate.run import run_plans
+    from analyses.evaluate.likelihood import eval_rows
 
     if result.origin_layer is None:
         return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")], None
@@ -161,13 +236,20 @@ def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
         for r in table["results"]])], table
 
 
+@section("lid", "collapse", label="geometry", steps=lambda cfg: cfg.geometry_seqs)
+def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
+    found, geo = geometry_sections(run.loaded, run.cfg, run.chosen, progress)
+    run.results["geometry"] = geo.to_dict()
+    return found
+
+
 def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
                       progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
     import plotly.graph_objects as go
 
-    from analyses.geometry import geometry
+    from analyses.geometry.layers import geometry
 
-    g = geometry(loaded.model, loaded.tokenizer, loaded.spec, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
+    g = geometry(loaded.model, loaded.tokenizer, loaded.name, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
                  seq_len=cfg.seq_len, lid_points=cfg.lid_points, k=cfg.lid_k, top_classes=cfg.top_classes,
                  progress=progress, prepend=cfg.prepend)
     x = [l.layer for l in g.layers]
@@ -178,7 +260,7 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
         fig = go.Figure([go.Scatter(x=x, y=lid, name="mean", mode="lines+markers"),
                          go.Scatter(x=x, y=g.curve("lid_median"), name="median", mode="lines", line={"dash": "dot"})])
         fig.update_traces(hovertemplate="layer %{x}<br>LID %{y:.2f}")
-        fig.update_layout(template="plotly_white", title=f"Local intrinsic dimension per layer (TwoNN, k={g.k})",
+        fig.update_layout(template=TEMPLATE, title=f"Local intrinsic dimension per layer (TwoNN, k={g.k})",
                           xaxis_title="layer (hook_resid_post)", yaxis_title="LID")
         sections.append(Section(
             "Local intrinsic dimension",
@@ -190,7 +272,7 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
         fig = go.Figure([go.Scatter(x=x, y=g.curve(key), name=key, mode="lines+markers")
                          for key in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")])
         fig.update_traces(hovertemplate="layer %{x}<br>%{y:.4g}")
-        fig.update_layout(template="plotly_white", yaxis_type="log", xaxis_title="layer (hook_resid_post)",
+        fig.update_layout(template=TEMPLATE, yaxis_type="log", xaxis_title="layer (hook_resid_post)",
                           title=f"Neural collapse per layer, {g.n_classes} next-token classes")
         sections.append(Section(
             "Neural collapse with next tokens as classes",
@@ -202,3 +284,9 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
                           ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4")
                           if k in l.collapse}} for l in g.layers]))
     return sections, g
+
+
+def _shortened(items: Sequence[Any], top: int = TOP) -> str:
+    """``[1, 2, 3]``, or the first ``top`` and how many more: ``[1, ..., 10] and 70 more``."""
+    items = list(items)
+    return str(items) if len(items) <= top else f"{items[:top]} and {len(items) - top} more"

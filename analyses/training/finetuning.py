@@ -10,9 +10,9 @@ origin layer on the held-out windows; ``lid`` = the mean local TwoNN dimension (
 of a fixed sample of held-out token vectors at the origin and the last layer (Less is More,
 arXiv 2506.01034: mean LID falls as training helps); ``collapse`` = NC1 ``Tr(S_W S_B^+)/C`` and
 the CDNV of the same two layers with next tokens as classes (Wu & Papyan 2024; classes seen at
-least twice in the held-out windows, :class:`analyses.collapse.CollapseStats`).
+least twice in the held-out windows, :class:`analyses.geometry.collapse.CollapseStats`).
 
-Zero-shot accuracy on ``tasks`` (lm-eval, :func:`analyses.tasks.zero_shot`) is measured before
+Zero-shot accuracy on ``tasks`` (lm-eval, :func:`analyses.evaluate.tasks.zero_shot`) is measured before
 the first step and after the last. LoRA's ``B`` and DoRA's magnitude start so that the adapted
 model equals the base model, so "before" is the pre-trained model's accuracy.
 """
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from analyses.collapse import CollapseStats
-from analyses.evaluate import eval_rows, perplexity
-from analyses.finetune_report import finetune_section
-from analyses.lid import LocalTwoNN
-from analyses.macdrop import MacDrop, base_model, schedule
-from analyses.report import new_folder, write_csv, write_report
-from analyses.tasks import OFFLINE_TASKS, zero_shot
+from analyses.geometry.collapse import CollapseStats
+from analyses.evaluate.likelihood import eval_rows, perplexity
+from analyses.training.figures import finetune_section
+from analyses.geometry.lid import LocalTwoNN
+from analyses.training.macdrop import MacDrop, base_model, schedule
+from analyses.report.html import new_folder, write_csv, write_report
+from analyses.evaluate.tasks import OFFLINE_TASKS, zero_shot
 from probe.arch import n_layers
 from probe.capture import capture
 from probe.data import load_corpus, token_windows, window_protocol

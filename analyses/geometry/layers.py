@@ -6,13 +6,13 @@ reducers per layer on ``blocks.{l}.hook_resid_post``:
 - **LID** (Ruppik et al. 2025, "Less is More", arXiv:2506.01034): a uniform reservoir sample of
   ``lid_points`` token vectors; duplicate vectors are removed (``np.unique`` on rows: the same
   token in the same context gives the same vector, e.g. a prepended first token), then
-  :class:`analyses.lid.LocalTwoNN` with ``k`` neighbours gives one value per token; the headline
+  :class:`analyses.geometry.lid.LocalTwoNN` with ``k`` neighbours gives one value per token; the headline
   is their mean.
 - **Neural collapse with next tokens as classes** (Wu & Papyan 2024, "Linguistic Collapse"):
   the feature of position ``t`` is labelled with token ``t+1``; the classes are the
   ``top_classes`` most frequent next tokens of the corpus with at least ``min_count``
   occurrences, chosen from the token ids before the pass, so that only their features are
-  accumulated (:class:`analyses.collapse.CollapseStats`, memory ``O(C*D + D^2)`` per layer,
+  accumulated (:class:`analyses.geometry.collapse.CollapseStats`, memory ``O(C*D + D^2)`` per layer,
   independent of the token count). NC3 compares the class means with the unembedding rows of the
   same tokens; NC4 is measured on the LID sample against the model's own argmax predictions.
 """
@@ -26,8 +26,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from analyses.collapse import CollapseStats
-from analyses.lid import LocalTwoNN
+from analyses.geometry.collapse import CollapseStats
+from analyses.geometry.lid import LocalTwoNN
+from analyses.report.style import TEMPLATE
 from probe.arch import n_layers
 from probe.capture import capture
 from probe.data import load_corpus, token_windows, window_protocol
@@ -35,8 +36,6 @@ from probe.display import Figured
 from probe.errors import LayerError, ProbeError
 from probe.reducers import Batch, Reducer, Reservoir
 
-#: Metrics drawn per layer in :meth:`Geometry.figure` (and shown by the CLI).
-HEADLINE = ("lid_mean", "nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4")
 
 
 class NextTokenCollapse(Reducer):
@@ -135,7 +134,7 @@ class Geometry(Figured):
         fig.update_yaxes(title_text="LID", row=1, col=1)
         fig.update_yaxes(title_text="value", type="log", row=2, col=1)
         fig.update_xaxes(title_text="layer (hook_resid_post)", row=2, col=1)
-        fig.update_layout(template="plotly_white", height=640, hovermode="x unified",
+        fig.update_layout(template=TEMPLATE, height=640, hovermode="x unified",
                           title=f"Geometry of {self.model}: {self.n_tokens} tokens of {self.corpus}")
         return fig
 

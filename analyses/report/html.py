@@ -19,8 +19,6 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +29,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.offline
+
+from probe.files import scratch_folder
 
 REPORT_NAME = "report.html"
 RESULTS_NAME = "results.json"
@@ -120,8 +120,8 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/results.json`` atomically; return the report's path.
 
-    Both files are built in a temporary sibling directory ``.<name>.tmp-<hex>`` (same parent,
-    hence same file system) and moved into place only when both are complete. If ``out_dir``
+    Both files are built in a temporary sibling directory (:func:`probe.files.scratch_folder`: same
+    parent, hence same file system) and moved into place only when both are complete. If ``out_dir``
     does not exist the whole temporary directory is renamed to it (one atomic step). Otherwise
     the files are moved with :func:`os.replace`, ``results.json`` first and ``report.html``
     last: the report is the commit point, so a present new report always has its results next
@@ -140,10 +140,7 @@ between them can pair an old report with new results). Any exception
     folder; they are moved into place with the two files, before ``report.html``.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        tmp.mkdir()
+    with scratch_folder(out) as tmp:
         _write_synced(tmp / RESULTS_NAME, json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n")
         _write_synced(tmp / REPORT_NAME, render_html(header, sections, warnings))
         if extra is not None:
@@ -155,8 +152,6 @@ between them can pair an old report with new results). Any exception
                 names = sorted(p.name for p in tmp.iterdir() if p.name not in (RESULTS_NAME, REPORT_NAME))
                 for name in (*names, RESULTS_NAME, REPORT_NAME):
                     os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out / REPORT_NAME
 
 

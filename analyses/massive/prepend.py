@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyses.massive import MassiveScan, scan
+from analyses.massive.locate import MassiveScan, scan
 from probe.data import window_protocol
 from probe.display import Figured
 
@@ -83,7 +83,7 @@ class PrependComparison(Figured):
         """Max/median of the residual stream per layer, one line per protocol."""
         import plotly.graph_objects as go
 
-        from analyses.figures import TEMPLATE, esc
+        from analyses.report.style import TEMPLATE, esc
 
         fig = go.Figure([go.Scatter(x=[l.layer for l in s.layers], y=[l.ratio for l in s.layers], mode="lines+markers",
                                     name=esc(label(s.protocol))) for s in self.scans])

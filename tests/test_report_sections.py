@@ -1,0 +1,68 @@
+"""The report's sections on the embedded model: the registry runs what is asked for, in report
+order; titles carry the model's own name and each path once; long lists are cut to a short table."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from analyses.cli.options import split_list
+from analyses.report import sections as S
+from probe.errors import ProbeError
+from probe.models import load_model
+
+
+@pytest.fixture(scope="module")
+def run(smol):
+    """The massive section with thresholds low enough that dozens of dims count as massive."""
+    cfg = S.ReportConfig(n_seqs=2, seq_len=32, abs_threshold=1.0, ratio=2.0, compare_prepend=False)
+    bars: list[tuple[str, int]] = []
+
+    @contextmanager
+    def progress_bar(label, total):
+        bars.append((label, total))
+        yield lambda n: None
+
+    run = S.Run(smol, cfg, S.parse_sections(["massive"]))
+    return run, S.run_sections(run, progress_bar), bars
+
+
+def test_registry_runs_the_chosen_sections_in_report_order(run):
+    state, parts, bars = run
+    assert bars == [("scanning", 1)]  # massive only: no ablation, no geometry pass
+    assert [p.title for p in parts] == ["Massive activations per layer", "Where the massive activations sit",
+                                        "Massive weights and the super weight"]
+    assert state.results["massive"] == state.scan.to_dict() and "origin_detail" in state.results
+    assert S.parse_sections(["collapse", "ablation"]) == ["massive", "ablation", "collapse"]  # ablation needs the scan
+
+
+def test_long_carrier_lists_become_a_short_table(run):
+    state, parts, _ = run
+    where = parts[1]
+    n = len(state.scan.carriers)
+    assert n > S.TOP  # the low thresholds make many massive dims
+    assert len(where.table) == S.TOP and [r["massive dim"] for r in where.table] == [c["dim"] for c in state.scan.carriers[:S.TOP]]
+    assert f"the top {S.TOP} of {n}; results.json lists all" in where.text
+    assert f"and {len(state.scan.massive_dims) - S.TOP} more" in where.text
+    assert len(state.results["massive"]["carriers"]) == n  # the full list stays in results.json
+
+
+def test_titles_use_the_models_own_name_and_paths_appear_once(smol, run):
+    state, parts, _ = run
+    head = S.header(smol, "stdlib", "64", argv=["report"])
+    assert head["model"] == smol.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert head["loaded from"] == f"smollm2 (loaded from {smol.source})"
+    assert smol.source not in parts[0].figures[0].layout.title.text
+    assert smol.name in parts[0].figures[0].layout.title.text
+    # A folder: the name the GGUF file gave itself (general.name, kept by transformers in the config).
+    folder = load_model(smol.source)
+    assert folder.name == "Smollm2 135M 8k Lc100K Mix1 Ep2" and folder.where() == smol.source
+
+
+def test_one_comma_list_parser():
+    assert split_list(" ppl, tasks,,", "--eval", ("ppl", "tasks")) == ["ppl", "tasks"]
+    with pytest.raises(ProbeError, match=r"^--eval 'ppl,nope': 'nope' unknown; choose from ppl, tasks$"):
+        split_list("ppl,nope", "--eval", ("ppl", "tasks"))
+    with pytest.raises(ProbeError, match="no report section chosen"):
+        S.parse_sections(split_list(",", "--sections", S.SECTIONS))
