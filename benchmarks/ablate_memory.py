@@ -27,7 +27,7 @@ def status_kib(key: str) -> int:
 
 def main() -> None:
     from analyses.ablate import make_plans, run_plans
-    from analyses.evaluate import eval_rows
+    from analyses.evaluate import eval_windows
     from analyses.massive import scan
     from probe.data import load_corpus, token_windows
     from probe.models import load_model
@@ -36,7 +36,7 @@ def main() -> None:
 
     lm = load_model("smollm2")
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    ev = eval_rows(lm.tokenizer)
+    ev = eval_windows(lm.tokenizer)
     perplexity(lm.model, ev[:8])  # the loaded model in use: weights paged in, one evaluation batch run
     loaded = status_kib("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")

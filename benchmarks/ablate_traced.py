@@ -32,12 +32,12 @@ def main() -> None:
     import torch
 
     from analyses.ablate import Plan, measure
-    from analyses.evaluate import eval_rows
+    from analyses.evaluate import eval_windows
     from probe.backends import as_nnsight
     from probe.models import load_model
 
     lm = load_model("smollm2")
-    rows = eval_rows(lm.tokenizer, seq_len=256, n_seqs=8)
+    rows = eval_windows(lm.tokenizer, seq_len=256, n_seqs=8)
     plan = Plan("zero", 11, 5, (1229, 1487, 1010, 926, 1401))
     local, simulated = as_nnsight(lm.model), as_nnsight(lm.model, "local", lm.tokenizer)
     variants = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analyses.ablate import applied, make_plans, run_plans
-from analyses.evaluate import eval_rows, perplexity
+from analyses.evaluate import eval_windows, perplexity
 from analyses.massive import scan
 from probe.data import load_corpus, token_windows
 from probe.edit import matrix
@@ -17,7 +17,7 @@ from probe.errors import ProbeError
 def setup(smol):
     result = scan(smol.model, smol.tokenizer, n_seqs=4, seq_len=64)
     rows = token_windows(smol.tokenizer, load_corpus(), seq_len=64, n_seqs=4)
-    return result, rows, eval_rows(smol.tokenizer, seq_len=64, n_seqs=2)
+    return result, rows, eval_windows(smol.tokenizer, seq_len=64, n_seqs=2)
 
 
 def test_zero_then_restore_returns_the_baseline_exactly(smol, setup):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from analyses.ablate import Plan, run_plans
-from analyses.evaluate import eval_rows, perplexity
+from analyses.evaluate import eval_windows, perplexity
 from analyses.massive import scan
 from probe import ProbeError
 from probe.models import load_model
@@ -17,7 +17,7 @@ SCAN = dict(name="smollm2", n_seqs=2, seq_len=32)
 
 @pytest.fixture(scope="module")
 def plain(smol):
-    rows = eval_rows(smol.tokenizer, seq_len=32, n_seqs=2)
+    rows = eval_windows(smol.tokenizer, seq_len=32, n_seqs=2)
     return rows, scan(smol.model, smol.tokenizer, **SCAN).to_dict(), perplexity(smol.model, rows)
 
 

@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from analyses.evaluate import eval_rows, perplexity
+from analyses.evaluate import eval_windows, perplexity
 from probe import zero_rows
 
 
 def test_perplexity_equals_direct_log_softmax(smol):
-    rows = eval_rows(smol.tokenizer, seq_len=32, n_seqs=3)
+    rows = eval_windows(smol.tokenizer, seq_len=32, n_seqs=3)
     res = perplexity(smol.model, rows, batch_size=2)
     with torch.no_grad():
         logp = torch.log_softmax(smol.model(rows).logits.double(), dim=-1)
@@ -23,7 +23,7 @@ def test_perplexity_equals_direct_log_softmax(smol):
 
 
 def test_edit_then_restore_gives_the_baseline_exactly(smol):
-    rows = eval_rows(smol.tokenizer, seq_len=32, n_seqs=2)
+    rows = eval_windows(smol.tokenizer, seq_len=32, n_seqs=2)
     base = perplexity(smol.model, rows)
     with zero_rows(smol.model, "blocks.3.mlp.W_up", list(range(0, 1536, 3))):
         edited = perplexity(smol.model, rows)

@@ -228,3 +228,14 @@ def test_every_figure_exports_through_plotly(chrome, result, detail, table, tmp_
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
         assert size == figure_size(fig), name
+
+
+def test_long_titles_wrap_at_spaces_and_make_room(result):
+    text = "word " * 40 + "end"
+    lines = style.title(text)["text"].split("<br>")
+    assert len(lines) > 1 and all(len(line) <= style.TITLE_WIDTH for line in lines) and " ".join(lines) == text
+    long = dataclasses.replace(result, model="A Checkpoint With A Long Own Name " * 4)
+    fig = massive.residual_profile(long)
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) > 1 and all(len(line) <= style.TITLE_WIDTH for line in lines)
+    assert fig.layout.margin.t >= 60 + 24 * len(lines)  # the lines do not run into the plot

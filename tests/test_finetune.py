@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from analyses.geometry import CollapseStats
-from analyses.evaluate import eval_rows, perplexity
+from analyses.evaluate import eval_windows, perplexity
 from analyses.training.finetuning import FinetuneConfig, finetune, save
 from analyses.evaluate import zero_shot
 
@@ -52,7 +52,7 @@ def test_adapter_reloads_and_reproduces_the_logged_loss(run, smol):
     saved = json.loads((out / "results.json").read_text())
     assert saved["evals"][-1]["loss"] == log.evals[-1]["loss"]
     model = PeftModel.from_pretrained(copy.deepcopy(smol.model), out / "adapter").eval()
-    rows = eval_rows(smol.tokenizer, CFG.corpus, seq_len=CFG.eval_len, n_seqs=CFG.eval_seqs)
+    rows = eval_windows(smol.tokenizer, CFG.corpus, seq_len=CFG.eval_len, n_seqs=CFG.eval_seqs)
     assert perplexity(model, rows).nll == pytest.approx(log.evals[-1]["loss"], rel=1e-6)
     assert (out / "train.csv").read_text().startswith("step,loss,p,dropped")
     after = zero_shot(model.get_base_model(), smol.tokenizer, list(CFG.tasks), limit=CFG.task_limit)
@@ -67,7 +67,7 @@ def test_zero_shot_before_is_the_base_model(run, smol):
 
 def test_tracked_collapse_equals_a_direct_computation(run, smol):
     _, log = run
-    rows = eval_rows(smol.tokenizer, CFG.corpus, seq_len=CFG.eval_len, n_seqs=CFG.eval_seqs)
+    rows = eval_windows(smol.tokenizer, CFG.corpus, seq_len=CFG.eval_len, n_seqs=CFG.eval_seqs)
     with torch.no_grad():
         hidden = smol.model(rows, output_hidden_states=True).hidden_states[12]  # after block 11
     X = hidden[:, :-1].reshape(-1, hidden.shape[-1]).double()

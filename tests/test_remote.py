@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analyses.ablate import make_plans, run_plans
-from analyses.evaluate import eval_rows
+from analyses.evaluate import eval_windows
 from analyses.massive import scan
 from probe import DimMax, Exceed, Full, MaxMedian, ProbeError, TopK, capture
 from probe.data import load_corpus, token_windows
@@ -116,7 +116,7 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
                             backend="nnsight", remote="local")
         assert theirs == mine
         plans += mine
-    ev = eval_rows(smol.tokenizer, seq_len=48, n_seqs=3)
+    ev = eval_windows(smol.tokenizer, seq_len=48, n_seqs=3)
     edited = run_plans(smol.model, ev, plans)
     traced = run_plans(remote_lm.model, ev, plans, backend="nnsight", remote="local")
     done = []
@@ -136,7 +136,7 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
 
 
 def test_remote_ablation_refuses_zero_shot_tasks_and_local_batching(smol, remote_lm):
-    rows = eval_rows(smol.tokenizer, n_seqs=1)
+    rows = eval_windows(smol.tokenizer, n_seqs=1)
     with pytest.raises(ProbeError, match="perplexity only"):
         run_plans(remote_lm.model, rows, [], backend="nnsight", remote="local", tasks=["probe_builtins"])
     with pytest.raises(ProbeError, match="per_request=2"):

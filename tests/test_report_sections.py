@@ -66,3 +66,22 @@ def test_one_comma_list_parser():
         split_list("ppl,nope", "--eval", ("ppl", "tasks"))
     with pytest.raises(ProbeError, match="no report section chosen"):
         S.parse_sections(split_list(",", "--sections", S.SECTIONS))
+
+
+def test_lid_and_collapse_share_one_geometry_pass(smol):
+    cfg = S.ReportConfig(seq_len=32, geometry_seqs=3, lid_points=60, lid_k=8, top_classes=16)
+    bars: list[tuple[str, int]] = []
+
+    @contextmanager
+    def progress_bar(label, total):
+        bars.append((label, total))
+        yield lambda n: None
+
+    run = S.Run(smol, cfg, S.parse_sections(["lid", "collapse"]))
+    parts = S.run_sections(run, progress_bar)
+    assert bars == [("geometry", 3)]
+    assert [p.title for p in parts] == ["Local intrinsic dimension", "Neural collapse with next tokens as classes"]
+    assert len(run.results["geometry"]["layers"]) == 30
+    for part in parts:
+        (fig,) = part.figures
+        assert smol.name in fig.layout.title.text and fig.layout.yaxis.title.text and fig.layout.xaxis.title.text

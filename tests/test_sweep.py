@@ -9,7 +9,7 @@ import ray  # a dev dependency: without it these tests fail rather than skip
 import torch
 
 from analyses.ablate import Ablation, Plan, make_plans, run_plans
-from analyses.evaluate import eval_rows
+from analyses.evaluate import eval_windows
 from analyses.massive import scan
 from analyses.ablate import run_plans_ray
 from probe.data import load_corpus, token_windows
@@ -32,7 +32,7 @@ def sweep(smol, one_thread):
     plans = (make_plans(smol.model, rows, result, "zero", [1, 5])
              + make_plans(smol.model, rows, result, "random", [5], seeds=2)
              + make_plans(smol.model, rows, result, "residual-mean", [1]))
-    return plans, eval_rows(smol.tokenizer, seq_len=64, n_seqs=2)
+    return plans, eval_windows(smol.tokenizer, seq_len=64, n_seqs=2)
 
 
 def test_ray_sweep_equals_the_serial_table_exactly(smol, sweep):

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from analyses.ablate.run import Ablation
 from probe.display import draws
-from analyses.report.style import TEMPLATE, MUTED, MODE_COLORS, esc, log_position
+from analyses.report.style import MUTED, MODE_COLORS, esc, log_position, titled
 
 
 @draws(Ablation)
@@ -59,11 +59,9 @@ def ablation_figure(rows: list[dict[str, Any]] | dict[str, Any], baseline: dict[
     ks = sorted({r["k"] for r in rows}) or [1]
     layers = sorted({r["layer"] for r in rows if r.get("layer") is not None})
     where = f" at layer {', '.join(map(str, layers))}" if layers else ""
-    fig.update_layout(template=TEMPLATE, height=640 if tasks else 440, hovermode="closest",
-                      margin={"r": 110, "t": 130 if tasks else 100},
-                      title={"text": f"Ablating massive weights{where}: perplexity{' and accuracy' if tasks else ''} vs k",
-                             "x": 0.02, "xanchor": "left"},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.06 if tasks else 1.02, "x": 0})
+    titled(fig, f"Ablating massive weights{where}: perplexity{' and accuracy' if tasks else ''} vs k",
+           height=640 if tasks else 440, hovermode="closest", margin={"r": 110, "t": 130 if tasks else 100},
+           legend={"orientation": "h", "yanchor": "bottom", "y": 1.06 if tasks else 1.02, "x": 0})
     fig.update_xaxes(type="log" if ks[-1] / max(ks[0], 1) >= 20 else "linear", tickvals=ks if len(ks) <= 12 else None)
     fig.update_xaxes(title_text="k (rows zeroed / kept)", row=2 if tasks else 1, col=1)
     fig.update_yaxes(type="log", title_text="perplexity (log scale)", row=1, col=1)

@@ -3,7 +3,7 @@
 :func:`run_plans_ray` starts ``num_workers`` Ray actors. Each loads the model once
 (``probe.models.load_model(model_spec, **load_kwargs)``, on its own node) and then, one job at a
 time, applies a plan with :func:`analyses.ablate.applied`, evaluates it with
-:func:`analyses.ablate.measure` (perplexity on ``eval_rows``; zero-shot accuracy on ``tasks``
+:func:`analyses.ablate.measure` (perplexity on ``eval_windows``; zero-shot accuracy on ``tasks``
 through lm-eval when given) and restores the weights bit-exactly. The jobs are the baseline
 (no plan) and every plan; an idle actor takes the next one. The measurements are gathered in
 plan order and assembled by :func:`analyses.ablate.tabulate`, the function ``run_plans`` uses,
@@ -65,8 +65,8 @@ def _ray() -> Any:
 class Worker:
     """A Ray actor's body: the model loaded once, then :func:`analyses.ablate.measure` per job."""
 
-    def __init__(self, model_spec: str, load_kwargs: dict[str, Any], eval_rows: torch.Tensor, threads: int) -> None:
-        self.model_spec, self.load_kwargs, self.eval_rows, self.threads = model_spec, load_kwargs, eval_rows, threads
+    def __init__(self, model_spec: str, load_kwargs: dict[str, Any], eval_windows: torch.Tensor, threads: int) -> None:
+        self.model_spec, self.load_kwargs, self.eval_windows, self.threads = model_spec, load_kwargs, eval_windows, threads
         self.loaded: Any = None
 
     def load(self) -> None:
@@ -78,11 +78,11 @@ class Worker:
 
     def measure(self, index: int, plan: Plan | None, tasks: list[str] | None,
                 limit: int | None) -> tuple[int, dict[str, Any]]:
-        """``(index, measure(model, eval_rows, plan, ...))``; the model is restored before it returns."""
-        return index, measure(self.loaded.model, self.eval_rows, plan, self.loaded.tokenizer, tasks, limit)
+        """``(index, measure(model, eval_windows, plan, ...))``; the model is restored before it returns."""
+        return index, measure(self.loaded.model, self.eval_windows, plan, self.loaded.tokenizer, tasks, limit)
 
 
-def run_plans_ray(model_spec: str, load_kwargs: dict[str, Any] | None, eval_rows: torch.Tensor, plans: list[Plan],
+def run_plans_ray(model_spec: str, load_kwargs: dict[str, Any] | None, eval_windows: torch.Tensor, plans: list[Plan],
                   address: str | None = None, num_workers: int = 2, tasks: list[str] | None = None,
                   limit: int | None = None, progress: Callable[[int], None] | None = None, cpus_per_worker: int = 1,
                   gpus_per_worker: float = 0.0) -> Ablation:
@@ -99,7 +99,7 @@ def run_plans_ray(model_spec: str, load_kwargs: dict[str, Any] | None, eval_rows
     connected = _connect(ray, address, num_workers * cpus_per_worker)
     actors: list[Any] = []
     try:
-        rows = ray.put(eval_rows.cpu())
+        rows = ray.put(eval_windows.cpu())
         remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(Worker)
         actors = [remote.remote(model_spec, dict(load_kwargs or {}), rows, cpus_per_worker)
                   for _ in range(min(num_workers, len(plans) + 1))]

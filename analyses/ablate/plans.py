@@ -25,11 +25,11 @@ from probe.errors import ProbeError
 
 
 
-def neurons_at(model: nn.Module, rows: torch.Tensor, layer: int, batch: int, position: int, k: int,
+def neurons_at(model: nn.Module, windows: torch.Tensor, layer: int, batch: int, position: int, k: int,
                backend: str = "torch", remote: bool | str = False) -> list[int]:
     """The ``k`` intermediate dims with the largest ``|value|`` at ``layer`` for one token."""
     point = f"blocks.{layer}.mlp.hook_post"
-    post = one_sequence(model, rows[batch, : position + 1], [point], backend=backend, remote=remote)[point]
+    post = one_sequence(model, windows[batch, : position + 1], [point], backend=backend, remote=remote)[point]
     return post[position].abs().topk(k).indices.tolist()
 
 
@@ -50,10 +50,10 @@ def resolve_layer(result: MassiveScan, layer: str | int) -> int:
     return index
 
 
-def make_plans(model: nn.Module, rows: torch.Tensor | None, result: MassiveScan, mode: str, ks: list[int],
+def make_plans(model: nn.Module, windows: torch.Tensor | None, result: MassiveScan, mode: str, ks: list[int],
                layer: str | int = "auto", seeds: int = 3, backend: str = "torch", remote: bool | str = False) -> list[Plan]:
     """Plans for ``mode`` and each ``k`` in ``ks`` (``random``: one plan per seed), aimed at the
-    scan's carrier (``result.carrier``). ``rows``: the scan's windows (``None``: those kept on
+    scan's carrier (``result.carrier``). ``windows``: the scan's windows (``None``: those kept on
     ``result``). ``backend`` and ``remote`` are those of the capture that finds the top neurons of
     a layer other than the origin."""
     chosen = get_mode(mode)
@@ -67,9 +67,9 @@ def make_plans(model: nn.Module, rows: torch.Tensor | None, result: MassiveScan,
     if l == result.origin_layer and kmax <= len(result.massive_neurons):
         top = list(result.massive_neurons)
     else:
-        rows = result.windows if rows is None else rows
-        if rows is None:
-            raise ProbeError("make_plans needs the scan's windows (rows) for a layer other than the origin")
-        top = neurons_at(model, rows, l, carrier["batch"], carrier["position"], kmax, backend, remote)
+        windows = result.windows if windows is None else windows
+        if windows is None:
+            raise ProbeError("make_plans needs the scan's windows (windows) for a layer other than the origin")
+        top = neurons_at(model, windows, l, carrier["batch"], carrier["position"], kmax, backend, remote)
     target = Target(l, top, width, carrier["position"], carrier["dim"], result.layers[l].massive)
     return chosen.plans(target, ks, seeds)

@@ -31,7 +31,7 @@ class Ablation(dict, Figured):
         return dict(self)
 
 
-def measure(model: nn.Module, eval_rows: torch.Tensor, plan: Plan | None = None, tokenizer: Any = None,
+def measure(model: nn.Module, eval_windows: torch.Tensor, plan: Plan | None = None, tokenizer: Any = None,
             tasks: list[str] | None = None, limit: int | None = None, backend: str = "torch",
             remote: bool | str = False) -> dict[str, Any]:
     """One evaluation of ``model`` with ``plan`` applied (``None``: as it is), restored on return:
@@ -50,9 +50,9 @@ def measure(model: nn.Module, eval_rows: torch.Tensor, plan: Plan | None = None,
 
         if tasks:
             raise ProbeError(NO_TASKS)
-        return traced_perplexity(model, eval_rows, plan, remote, tokenizer).to_dict()
+        return traced_perplexity(model, eval_windows, plan, remote, tokenizer).to_dict()
     with applied(model, plan) if plan is not None else nullcontext():
-        row: dict[str, Any] = perplexity(model, eval_rows).to_dict()
+        row: dict[str, Any] = perplexity(model, eval_windows).to_dict()
         if tasks:
             row["tasks"] = zero_shot(model, tokenizer, tasks, limit=limit)
     return row
@@ -68,7 +68,7 @@ def tabulate(baseline: dict[str, Any], plans: list[Plan], measured: list[dict[st
     return Ablation(baseline=baseline, results=results)
 
 
-def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
+def run_plans(model: nn.Module, eval_windows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
               tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None,
               backend: str = "torch", remote: bool | str = False, per_request: int = 1) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
@@ -83,16 +83,16 @@ def run_plans(model: nn.Module, eval_rows: torch.Tensor, plans: list[Plan], prog
 
         if tasks:
             raise ProbeError(NO_TASKS)
-        found = traced_perplexities(model, eval_rows, [None, *plans], remote, tokenizer,
+        found = traced_perplexities(model, eval_windows, [None, *plans], remote, tokenizer,
                                     per_request=per_request, progress=progress)
         return tabulate(found[0].to_dict(), plans, [p.to_dict() for p in found[1:]])
     opts = dict(tokenizer=tokenizer, tasks=tasks, limit=limit, backend=backend, remote=remote)
-    baseline = measure(model, eval_rows, None, **opts)
+    baseline = measure(model, eval_windows, None, **opts)
     if progress:
         progress(1)
     measured = []
     for plan in plans:
-        measured.append(measure(model, eval_rows, plan, **opts))
+        measured.append(measure(model, eval_windows, plan, **opts))
         if progress:
             progress(1)
     return tabulate(baseline, plans, measured)

@@ -81,7 +81,7 @@ def apply(runner: Any, step: Step) -> None:
         resid[:, pos[:, None], dims[None, :]] = step.value
 
 
-def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | None], remote: bool | str = False,
+def traced_perplexities(model: Any, windows: torch.Tensor, plans: Sequence[Plan | None], remote: bool | str = False,
                         tokenizer: Any = None, batch_size: int = 8, per_request: int = 1, corpus: str = "stdlib",
                         progress: Callable[[int], None] | None = None) -> list[Perplexity]:
     """:func:`analyses.evaluate.likelihood.perplexity` of ``model`` with each plan of ``plans`` (``None``: the
@@ -89,7 +89,7 @@ def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | N
     the perplexity of the weight-edited model (:func:`analyses.ablate.measure`).
 
     ``remote``: ``True`` runs on NDIF (``model`` from :func:`probe.models.load_remote`),
-    ``"local"`` simulates it. The work is one job per plan and batch of ``batch_size`` rows;
+    ``"local"`` simulates it. The work is one job per plan and batch of ``batch_size`` windows;
     ``per_request`` jobs share a trace (one nnsight invoke each, run as one forward pass: one NDIF
     request), so ``P`` plans over ``B`` batches take ``ceil(P * B / per_request)`` requests (more
     than 1 needs ``remote``). Every job sums its own batch, so the numbers do not depend on
@@ -97,27 +97,27 @@ def traced_perplexities(model: Any, rows: torch.Tensor, plans: Sequence[Plan | N
     if per_request < 1 or (per_request > 1 and not remote):
         raise ProbeError(f"per_request={per_request}: give 1, or more with remote (jobs batched into one request)")
     runner = as_nnsight(model, remote, tokenizer)
-    todo = [steps(hf_module(runner), plan, rows.shape[1]) if plan is not None else [] for plan in plans]
+    todo = [steps(hf_module(runner), plan, windows.shape[1]) if plan is not None else [] for plan in plans]
     device = torch.device("cpu") if remote else input_device(hf_module(runner))
-    starts = range(0, rows.shape[0], batch_size)
+    starts = range(0, windows.shape[0], batch_size)
     jobs = [(i, start) for i in range(len(plans)) for start in starts]
     totals, left = [0.0] * len(plans), [len(starts)] * len(plans)
     with shipped("probe", "analyses") if remote else nullcontext(), torch.no_grad():
         for first in range(0, len(jobs), per_request):
             chunk = jobs[first : first + per_request]
-            work = [(rows[start : start + batch_size].to(device), todo[i]) for i, start in chunk]
+            work = [(windows[start : start + batch_size].to(device), todo[i]) for i, start in chunk]
             for (i, _), total in zip(chunk, _nlls(runner, work, {"remote": remote} if remote else {}), strict=True):
                 totals[i] += float(total)
                 left[i] -= 1
                 if progress and not left[i]:
                     progress(1)
-    return [Perplexity.of(total, rows[:, 1:].numel(), corpus, rows) for total in totals]
+    return [Perplexity.of(total, windows[:, 1:].numel(), corpus, windows) for total in totals]
 
 
-def traced_perplexity(model: Any, rows: torch.Tensor, plan: Plan | None = None, remote: bool | str = False,
+def traced_perplexity(model: Any, windows: torch.Tensor, plan: Plan | None = None, remote: bool | str = False,
                       tokenizer: Any = None, batch_size: int = 8, corpus: str = "stdlib") -> Perplexity:
     """:func:`traced_perplexities` of one plan."""
-    return traced_perplexities(model, rows, [plan], remote, tokenizer, batch_size, corpus=corpus)[0]
+    return traced_perplexities(model, windows, [plan], remote, tokenizer, batch_size, corpus=corpus)[0]
 
 
 def _nlls(runner: Any, work: list[tuple[torch.Tensor, list[Step]]], options: dict[str, Any]) -> list[torch.Tensor]:

@@ -38,7 +38,7 @@ def ablate_cmd(
     """Ablate massive weights (or controls), re-evaluate, restore: one table row per plan."""
     from analyses.ablate.plans import make_plans
     from analyses.ablate.run import run_plans
-    from analyses.evaluate.likelihood import eval_rows
+    from analyses.evaluate.likelihood import eval_windows
     from analyses.massive.locate import scan
 
     from probe.errors import ProbeError
@@ -58,7 +58,7 @@ def ablate_cmd(
     with progress_bar(as_json, "scanning", 16) as advance:
         result = scan(loaded.model, loaded.tokenizer, name=loaded.name, corpus=corpus, progress=advance, prepend=prepend, **opts)
     plans = make_plans(loaded.model, None, result, mode, ks, layer=layer, seeds=seeds, **opts)
-    ev = eval_rows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs, prepend=prepend)
+    ev = eval_windows(loaded.tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs, prepend=prepend)
     with progress_bar(as_json, "evaluating", len(plans) + 1) as advance:
         if ray:
             from analyses.ablate.on_ray import run_plans_ray

@@ -2,12 +2,14 @@
 
 - :mod:`.lid` — TwoNN, local TwoNN and MLE estimators (scikit-learn style);
 - :mod:`.collapse` — :class:`CollapseStats`: NC1-NC4, CDNV, Fisher ratio, cone effect;
-- :mod:`.layers` — :func:`geometry`: both, layer by layer, in one pass over a corpus.
+- :mod:`.layers` — :func:`geometry`: both, layer by layer, in one pass over a corpus;
+- :mod:`.figures` — their Plotly figures (``Geometry.figure()``, and LID or collapse alone).
 """
 
 from analyses.geometry.lid import MLE, LocalTwoNN, TwoNN, knn, local_twonn_from_knn, twonn_from_mu
 from analyses.geometry.collapse import CollapseStats
 from analyses.geometry.layers import Geometry, LayerGeometry, NextTokenCollapse, geometry, next_token_classes
+from analyses.geometry.figures import collapse_figure, geometry_figure, lid_figure
 
 __all__ = [
     "MLE",
@@ -22,4 +24,7 @@ __all__ = [
     "NextTokenCollapse",
     "geometry",
     "next_token_classes",
+    "collapse_figure",
+    "geometry_figure",
+    "lid_figure",
 ]

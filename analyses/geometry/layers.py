@@ -28,7 +28,6 @@ import torch
 
 from analyses.geometry.collapse import CollapseStats
 from analyses.geometry.lid import LocalTwoNN
-from analyses.report.style import TEMPLATE
 from probe.arch import n_layers
 from probe.capture import capture
 from probe.data import load_corpus, token_windows, window_protocol
@@ -64,10 +63,10 @@ class NextTokenCollapse(Reducer):
         return self.stats
 
 
-def next_token_classes(rows: torch.Tensor, top_classes: int | None, min_count: int) -> torch.Tensor:
-    """Labels used as classes: next tokens (``rows[:, 1:]``) seen at least ``min_count`` times,
+def next_token_classes(windows: torch.Tensor, top_classes: int | None, min_count: int) -> torch.Tensor:
+    """Labels used as classes: next tokens (``windows[:, 1:]``) seen at least ``min_count`` times,
     the ``top_classes`` most frequent of them (ties: smaller id), sorted."""
-    counts = torch.bincount(rows[:, 1:].reshape(-1))
+    counts = torch.bincount(windows[:, 1:].reshape(-1))
     ids = torch.nonzero(counts >= min_count).squeeze(1)
     order = sorted(ids.tolist(), key=lambda i: (-int(counts[i]), i))
     chosen = sorted(order[:top_classes] if top_classes else order)
@@ -115,29 +114,6 @@ class Geometry(Figured):
         """Per-layer values of one metric (``lid_mean``, ``nc1``, ...)."""
         return [g.value(key) for g in self.layers]
 
-    def figure(self) -> Any:
-        """Plotly figure: mean (and median) LID per layer above; NC1, CDNV, NC2 and the
-        Fisher ratio per layer below (log scale), with hover showing layer and value."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
-        x = [g.layer for g in self.layers]
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                            subplot_titles=(f"local intrinsic dimension (TwoNN, k={self.k})",
-                                            f"neural collapse, {self.n_classes} next-token classes"))
-        for key, dash in (("lid_mean", "solid"), ("lid_median", "dot")):
-            fig.add_trace(go.Scatter(x=x, y=self.curve(key), name=key.replace("_", " "), mode="lines+markers",
-                                     line={"dash": dash}, hovertemplate="layer %{x}<br>%{y:.2f}<extra>" + key + "</extra>"), 1, 1)
-        for key in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "fisher_ratio"):
-            fig.add_trace(go.Scatter(x=x, y=self.curve(key), name=key, mode="lines+markers",
-                                     hovertemplate="layer %{x}<br>%{y:.4g}<extra>" + key + "</extra>"), 2, 1)
-        fig.update_yaxes(title_text="LID", row=1, col=1)
-        fig.update_yaxes(title_text="value", type="log", row=2, col=1)
-        fig.update_xaxes(title_text="layer (hook_resid_post)", row=2, col=1)
-        fig.update_layout(template=TEMPLATE, height=640, hovermode="x unified",
-                          title=f"Geometry of {self.model}: {self.n_tokens} tokens of {self.corpus}")
-        return fig
-
 
 def _lid(sample: torch.Tensor, k: int, seed: int) -> tuple[np.ndarray, int]:
     X = sample.numpy()
@@ -172,11 +148,11 @@ def geometry(
     bad = [l for l in layers if not 0 <= l < L]
     if bad or not layers:
         raise LayerError(f"layers {bad or layers} out of range: the model has layers 0..{L - 1}")
-    rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
-    classes = next_token_classes(rows, top_classes, min_count)
+    windows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
+    classes = next_token_classes(windows, top_classes, min_count)
     points = [f"blocks.{l}.hook_resid_post" for l in layers]
     reduce = {"sample": Reservoir(lid_points, seed), "collapse": NextTokenCollapse(classes, min_count)}
-    predictions = torch.empty(rows.shape, dtype=torch.long)
+    predictions = torch.empty(windows.shape, dtype=torch.long)
     done = 0
 
     def keep_argmax(_module: torch.nn.Module, _args: Any, out: torch.Tensor) -> None:
@@ -185,20 +161,20 @@ def geometry(
     head = model.get_output_embeddings().register_forward_hook(keep_argmax)
     try:
         with torch.no_grad(), capture(model, points, reduce=reduce) as cap:
-            for done in range(0, rows.shape[0], batch_size):
-                cap.run(rows[done:done + batch_size])
+            for done in range(0, windows.shape[0], batch_size):
+                cap.run(windows[done:done + batch_size])
                 if progress:
-                    progress(min(batch_size, rows.shape[0] - done))
+                    progress(min(batch_size, windows.shape[0] - done))
             results = cap.results
     finally:
         head.remove()
     W_U = model.get_output_embeddings().weight.detach().double().cpu().numpy()
-    out = [_layer(l, results[p], rows, predictions, classes, W_U, k, seed) for l, p in zip(layers, points)]
-    return Geometry(name, corpus, rows.shape[0], rows.shape[1], rows.numel(), k, lid_points,
+    out = [_layer(l, results[p], windows, predictions, classes, W_U, k, seed) for l, p in zip(layers, points)]
+    return Geometry(name, corpus, windows.shape[0], windows.shape[1], windows.numel(), k, lid_points,
                     len(classes), min_count, out, window_protocol(tokenizer, prepend).to_dict())
 
 
-def _layer(l: int, res: dict[str, Any], rows: torch.Tensor, predictions: torch.Tensor,
+def _layer(l: int, res: dict[str, Any], windows: torch.Tensor, predictions: torch.Tensor,
            classes: torch.Tensor, W_U: np.ndarray, k: int, seed: int) -> LayerGeometry:
     sample, stats = res["sample"], res["collapse"]
     lid, n_dup = _lid(sample.vectors, k, seed)
@@ -206,9 +182,9 @@ def _layer(l: int, res: dict[str, Any], rows: torch.Tensor, predictions: torch.T
         warnings.simplefilter("ignore", RuntimeWarning)  # S_W is singular when D > samples; pinv is documented
         metrics = stats.metrics(classifier=W_U)
     # NC4 on the sampled tokens that have a next token among the classes.
-    has_next = sample.position < rows.shape[1] - 1
+    has_next = sample.position < windows.shape[1] - 1
     b, p = sample.batch[has_next], sample.position[has_next]
-    label = rows[b, p + 1]
+    label = windows[b, p + 1]
     sel = torch.isin(label, torch.as_tensor(stats.used_labels()))
     if sel.any():
         metrics["nc4"] = stats.nc4(sample.vectors[has_next][sel], predictions[b[sel], p[sel]])

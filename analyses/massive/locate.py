@@ -175,11 +175,11 @@ def scan(
     backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
     protocol = window_protocol(tokenizer, prepend)
     if windows is None:
-        rows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
+        windows = token_windows(tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
     else:
-        rows = torch.as_tensor(windows, dtype=torch.long)
-        if rows.dim() != 2 or rows.numel() == 0:
-            raise ProbeError(f"windows must be a non-empty (n, seq_len) tensor of token ids, got shape {tuple(rows.shape)}")
+        windows = torch.as_tensor(windows, dtype=torch.long)
+        if windows.dim() != 2 or windows.numel() == 0:
+            raise ProbeError(f"windows must be a non-empty (n, seq_len) tensor of token ids, got shape {tuple(windows.shape)}")
     runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
     hf = hf_module(runner)
     arch = arch_for(hf)
@@ -188,10 +188,10 @@ def scan(
     reduce_resid = {"top": TopK(max(k, 10)), "stats": MaxMedian(), "dims": DimMax(), "big": Exceed(abs_threshold)}
     with capture(runner, "blocks.*.hook_resid_post", reduce=reduce_resid, **opts) as resid, \
             capture(runner, ["blocks.*.mlp.hook_post", "blocks.*.mlp.hook_out"], reduce={"stats": MaxMedian(), "dims": DimMax()}, **opts) as ffn:
-        for start in range(0, rows.shape[0], batch_size):
-            run_all([resid, ffn], rows[start : start + batch_size])
+        for start in range(0, windows.shape[0], batch_size):
+            run_all([resid, ffn], windows[start : start + batch_size])
             if progress:
-                progress(min(batch_size, rows.shape[0] - start))
+                progress(min(batch_size, windows.shape[0] - start))
     tok = (lambda i: str(int(i))) if tokenizer is None else (lambda i: tokenizer.convert_ids_to_tokens(int(i)))
     layers: list[LayerScan] = []
     big_by_layer: list[list[dict[str, Any]]] = []
@@ -207,12 +207,12 @@ def scan(
         layers.append(LayerScan(l, r["stats"].max, med, top[: max(k, 10)], massive, post.max, post.median))
     origin_by_ratio = {f"{int(q)}x": _origin(layers, big_by_layer, q) for q in RATIOS}
     origin = _origin(layers, big_by_layer, ratio)
-    result = MassiveScan(name, corpus, rows.shape[0], rows.shape[1], rows.numel(), abs_threshold, ratio, layers,
-                         origin, origin_by_ratio, [], [], protocol=protocol.to_dict(), windows=rows)
-    spikes = _spikes(ffn, L, tok, rows)
+    result = MassiveScan(name, corpus, windows.shape[0], windows.shape[1], windows.numel(), abs_threshold, ratio, layers,
+                         origin, origin_by_ratio, [], [], protocol=protocol.to_dict(), windows=windows)
+    spikes = _spikes(ffn, L, tok, windows)
     cells = [(c["layer"], c["row"], c["col"]) for c in spikes]
     if origin is None:
-        values, _ = call_on_model(runner, read_weights, cells, 0, [], input_ids=rows, remote=remote)
+        values, _ = call_on_model(runner, read_weights, cells, 0, [], input_ids=windows, remote=remote)
         result.super_weight_candidates = _candidates(spikes, values)
         return result
     massive = layers[origin].massive
@@ -220,10 +220,10 @@ def scan(
     position = result.massive_tokens[0]["position"]
     result.carrier = next(e for e in massive if e["position"] == position)  # entries come strongest first
     result.massive_dims = list(dict.fromkeys([result.carrier["dim"], *(e["dim"] for e in massive)]))
-    result.carriers = _carriers(massive, result.massive_dims, rows.shape[0])
+    result.carriers = _carriers(massive, result.massive_dims, windows.shape[0])
     result.warnings = _fragile(result.carriers)
     result.precursors = _precursors(resid, layers, result.massive_dims, origin, precursor_ratio)
-    _neurons_and_weights(runner, arch, rows, result, result.carrier, k, cells, spikes, opts)
+    _neurons_and_weights(runner, arch, windows, result, result.carrier, k, cells, spikes, opts)
     return result
 
 
@@ -329,7 +329,7 @@ def _over(value: float, median: float) -> float:
     return float("inf") if value > 0 else 0.0
 
 
-def _spikes(ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> list[dict[str, Any]]:
+def _spikes(ffn: Any, L: int, tok: Callable[[int], str], windows: torch.Tensor) -> list[dict[str, Any]]:
     """Per layer: the largest ``down_proj`` input spike (neuron ``n``) and output spike (dim ``d``)
     and whether they fall on the same token."""
     out = []
@@ -344,7 +344,7 @@ def _spikes(ffn: Any, L: int, tok: Callable[[int], str], rows: torch.Tensor) -> 
             "layer": l, "row": d, "col": n,
             "input_spike": float(post["dims"].values[n]), "input_ratio": _over(float(post["dims"].abs[n]), post["stats"].median),
             "output_spike": float(down["dims"].values[d]), "output_ratio": _over(float(down["dims"].abs[d]), down["stats"].median),
-            "same_token": same, "position": p, "token": tok(rows[b, p]),
+            "same_token": same, "position": p, "token": tok(windows[b, p]),
         })
     return out
 
@@ -356,7 +356,7 @@ def _candidates(spikes: list[dict[str, Any]], values: list[float]) -> list[dict[
             for s, v in zip(spikes, values)]
 
 
-def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: MassiveScan, top: dict[str, Any],
+def _neurons_and_weights(model: Any, arch: Arch, windows: torch.Tensor, result: MassiveScan, top: dict[str, Any],
                          k: int, cells: list[tuple[int, int, int]], spikes: list[dict[str, Any]],
                          opts: dict[str, Any]) -> None:
     """Re-run the sequence of the strongest massive entry with full tensors of the origin layer,
@@ -366,14 +366,14 @@ def _neurons_and_weights(model: Any, arch: Arch, rows: torch.Tensor, result: Mas
               f"blocks.{l}.mlp.hook_out", f"blocks.{l}.hook_resid_post"]
     if arch.sequential:
         points.insert(2, f"blocks.{l}.hook_resid_mid")
-    full = one_sequence(model, rows[b], points, **opts)
+    full = one_sequence(model, windows[b], points, **opts)
     post = full[f"blocks.{l}.mlp.hook_post"][p]
     vals, idx = post.abs().topk(k)
     result.massive_neurons = idx.tolist()
     result.neuron_values = post[idx].tolist()
     names = list(arch.ffn_in_names)
     n = int(idx[0])
-    values, norms = call_on_model(model, read_weights, [*cells, (l, d, n)], l, names, input_ids=rows,
+    values, norms = call_on_model(model, read_weights, [*cells, (l, d, n)], l, names, input_ids=windows,
                                   remote=opts["remote"])
     result.super_weight_candidates = _candidates(spikes, values[:-1])
     weights = {}

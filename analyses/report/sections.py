@@ -18,7 +18,6 @@ from importlib.metadata import version
 from typing import Any, Callable, Sequence
 
 from analyses.report.html import Section
-from analyses.report.style import TEMPLATE
 from probe.errors import ProbeError
 
 SECTIONS = ("massive", "ablation", "lid", "collapse")  # report order
@@ -211,7 +210,7 @@ def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
                      progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
     from analyses.ablate.plans import make_plans
     from analyses.ablate.run import run_plans
-    from analyses.evaluate.likelihood import eval_rows
+    from analyses.evaluate.likelihood import eval_windows
 
     if result.origin_layer is None:
         return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")], None
@@ -220,7 +219,7 @@ def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
     plans += make_plans(model, None, result, "retain", [cfg.k])
     plans += make_plans(model, None, result, "random", [cfg.k], seeds=cfg.seeds)
     plans += make_plans(model, None, result, "super", [1])
-    ev = eval_rows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
+    ev = eval_windows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
     table = run_plans(model, ev, plans, progress=progress)
     base = table["baseline"]["ppl"]
     by = {(r["mode"], r["k"]): r["ppl"] for r in table["results"] if r["mode"] != "random"}
@@ -245,8 +244,7 @@ def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> 
 
 def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
                       progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
-    import plotly.graph_objects as go
-
+    from analyses.geometry.figures import collapse_figure, lid_figure
     from analyses.geometry.layers import geometry
 
     g = geometry(loaded.model, loaded.tokenizer, loaded.name, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
@@ -257,11 +255,7 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
     if "lid" in chosen:
         lid = g.curve("lid_mean")
         top = max(range(len(lid)), key=lid.__getitem__)
-        fig = go.Figure([go.Scatter(x=x, y=lid, name="mean", mode="lines+markers"),
-                         go.Scatter(x=x, y=g.curve("lid_median"), name="median", mode="lines", line={"dash": "dot"})])
-        fig.update_traces(hovertemplate="layer %{x}<br>LID %{y:.2f}")
-        fig.update_layout(template=TEMPLATE, title=f"Local intrinsic dimension per layer (TwoNN, k={g.k})",
-                          xaxis_title="layer (hook_resid_post)", yaxis_title="LID")
+        fig = lid_figure(g)
         sections.append(Section(
             "Local intrinsic dimension",
             f"Local TwoNN on each token's {g.k} nearest neighbours (Less is More, arXiv 2506.01034), "
@@ -269,11 +263,7 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
             f"highest {lid[top]:.2f} at layer {x[top]}, {lid[-1]:.2f} at layer {x[-1]}.", [fig]))
     if "collapse" in chosen:
         nc1 = g.curve("nc1")
-        fig = go.Figure([go.Scatter(x=x, y=g.curve(key), name=key, mode="lines+markers")
-                         for key in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")])
-        fig.update_traces(hovertemplate="layer %{x}<br>%{y:.4g}")
-        fig.update_layout(template=TEMPLATE, yaxis_type="log", xaxis_title="layer (hook_resid_post)",
-                          title=f"Neural collapse per layer, {g.n_classes} next-token classes")
+        fig = collapse_figure(g)
         sections.append(Section(
             "Neural collapse with next tokens as classes",
             f"Class = next token (Wu & Papyan 2024), the {g.n_classes} most frequent, on {g.n_tokens} tokens. NC1 = "

@@ -40,10 +40,40 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=False)
 
 
-def styled(fig: go.Figure, title: str, x: str, y: str, **kwargs: Any) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.02, "xanchor": "left"},
-                      xaxis_title=x, yaxis_title=y, hovermode="closest", **kwargs)
+TITLE_WIDTH = 90  # characters per title line: longer titles (long model names) wrap, never clip
+
+
+def title(text: str, width: int = TITLE_WIDTH) -> dict[str, Any]:
+    """A figure title, left-aligned, wrapped at spaces into lines of at most ``width``
+    characters (Plotly clips a title wider than the figure). ``text`` is already escaped."""
+    lines = [" ".join(chunk) for part in text.split("<br>")
+             for chunk in _wrap(part.split(" "), width)]
+    return {"text": "<br>".join(lines), "x": 0.02, "xanchor": "left"}
+
+
+def titled(fig: go.Figure, text: str, **kwargs: Any) -> go.Figure:
+    """``fig`` with the house template and :func:`title`, its top margin grown for every line."""
+    head = title(text)
+    lines = head["text"].count("<br>") + 1
+    margin = dict(kwargs.pop("margin", None) or {})
+    if lines > 1:
+        margin["t"] = max(margin.get("t", 0), 60 + 24 * lines)
+    fig.update_layout(template=TEMPLATE, title=head, **({"margin": margin} if margin else {}), **kwargs)
     return fig
+
+
+def styled(fig: go.Figure, title: str, x: str, y: str, **kwargs: Any) -> go.Figure:
+    """:func:`titled`, plus axis titles and (unless ``hovermode`` says otherwise) closest-point hover."""
+    return titled(fig, title, xaxis_title=x, yaxis_title=y, **{"hovermode": "closest", **kwargs})
+
+
+def _wrap(words: list[str], width: int) -> list[list[str]]:
+    chunks: list[list[str]] = [[]]
+    for word in words:
+        if chunks[-1] and len(" ".join(chunks[-1] + [word])) > width:
+            chunks.append([])
+        chunks[-1].append(word)
+    return chunks
 
 
 def log_position(y: float) -> float:

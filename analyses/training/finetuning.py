@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from analyses.geometry.collapse import CollapseStats
-from analyses.evaluate.likelihood import eval_rows, perplexity
+from analyses.evaluate.likelihood import eval_windows, perplexity
 from analyses.training.figures import finetune_section
 from analyses.geometry.lid import LocalTwoNN
 from analyses.training.macdrop import MacDrop, base_model, schedule
@@ -100,24 +100,24 @@ def _peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
 def train_rows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
     """Training windows, after the tokens of the held-out windows."""
     skip = math.ceil(cfg.eval_seqs * cfg.eval_len / cfg.seq_len)
-    rows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len, prepend=cfg.prepend)[skip:]
-    if len(rows) < cfg.batch_size:
-        raise ProbeError(f"the corpus has only {len(rows)} training windows after the held-out ones")
-    return rows
+    windows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len, prepend=cfg.prepend)[skip:]
+    if len(windows) < cfg.batch_size:
+        raise ProbeError(f"the corpus has only {len(windows)} training windows after the held-out ones")
+    return windows
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConfig) -> dict[str, Any]:
+def evaluate(model: nn.Module, windows: torch.Tensor, layer: int, cfg: FinetuneConfig) -> dict[str, Any]:
     """Held-out loss and perplexity, and the tracked metrics of the module docstring."""
     model.eval()
     base = base_model(model)  # the adapters are injected in it: its forward is the adapted model's
     if not set(TRACKS) & set(cfg.track):
-        ppl = perplexity(base, rows)
+        ppl = perplexity(base, windows)
         return {"loss": ppl.nll, "ppl": ppl.ppl}
     last = n_layers(base) - 1
     points = [f"blocks.{layer}.hook_resid_post", f"blocks.{last}.hook_resid_post"]
     with capture(base, points, reduce=Full()) as cap:
-        ppl = perplexity(base, rows)  # one forward pass gives the loss and feeds the captures
+        ppl = perplexity(base, windows)  # one forward pass gives the loss and feeds the captures
         full = cap.results
     out: dict[str, Any] = {"loss": ppl.nll, "ppl": ppl.ppl}
     if "massive" in cfg.track:
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
             X = X[np.random.default_rng(cfg.seed).permutation(len(X))[: cfg.lid_points]]
             out[name] = LocalTwoNN(n_neighbors=cfg.lid_k, max_points=None).fit(X).dimension_
     if "collapse" in cfg.track:
-        labels = rows[:, 1:].reshape(-1)
+        labels = windows[:, 1:].reshape(-1)
         for name, point in (("origin", points[0]), ("last", points[1])):
             X = full[point][:, :-1].reshape(-1, full[point].shape[-1]).double()
             with warnings.catch_warnings():
@@ -138,18 +138,18 @@ def evaluate(model: nn.Module, rows: torch.Tensor, layer: int, cfg: FinetuneConf
     return out
 
 
-def finetune(model: nn.Module, tokenizer: Any, layer: int, rows: list[int], cfg: FinetuneConfig,
+def finetune(model: nn.Module, tokenizer: Any, layer: int, neurons: list[int], cfg: FinetuneConfig,
              progress: Callable[[int], None] | None = None) -> tuple[nn.Module, FinetuneLog]:
     """Fine-tune an adapter on a copy of ``model`` (the caller's model is left untouched) with
-    MacDrop on ``rows`` of ``layer``; returns the peft model and the log."""
+    MacDrop on ``neurons`` of ``layer``; returns the peft model and the log."""
     torch.manual_seed(cfg.seed)
     peft_model = _peft(copy.deepcopy(model), cfg)
-    drop = MacDrop(peft_model, layer, rows[: cfg.k],
+    drop = MacDrop(peft_model, layer, neurons[: cfg.k],
                    schedule(cfg.macdrop, cfg.p0 if cfg.macdrop != "none" else 0.0, cfg.steps, cfg.alpha), cfg.seed)
     data = train_rows(tokenizer, cfg)
-    held_out = eval_rows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
+    held_out = eval_windows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
-    log = FinetuneLog({**asdict(cfg), "protocol": window_protocol(tokenizer, cfg.prepend).to_dict()}, layer, rows[: cfg.k])
+    log = FinetuneLog({**asdict(cfg), "protocol": window_protocol(tokenizer, cfg.prepend).to_dict()}, layer, neurons[: cfg.k])
     if cfg.tasks:
         log.zero_shot["before"] = zero_shot(base_model(peft_model).eval(), tokenizer, list(cfg.tasks), limit=cfg.task_limit)
     log.evals.append({"step": 0, **evaluate(peft_model, held_out, layer, cfg)})
