@@ -7,7 +7,7 @@
 """
 
 from analyses.training.macdrop import SCHEDULES, MacDrop, base_model, macdrop_callback, schedule
-from analyses.training.finetuning import TRACKS, FinetuneConfig, FinetuneLog, finetune, train_rows
+from analyses.training.finetuning import TRACKS, FinetuneConfig, FinetuneLog, finetune, train_rows, train_windows
 from analyses.training.grokking import GrokConfig, GrokLog, grok
 from analyses.training.figures import finetune_figure, finetune_section, load_run, summary_rows
 
@@ -22,6 +22,7 @@ __all__ = [
     "FinetuneLog",
     "finetune",
     "train_rows",
+    "train_windows",
     "GrokConfig",
     "GrokLog",
     "grok",

@@ -97,13 +97,16 @@ def _peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
                                             target_modules="all-linear", use_dora=cfg.method == "dora"))
 
 
-def train_rows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
+def train_windows(tokenizer: Any, cfg: FinetuneConfig) -> torch.Tensor:
     """Training windows, after the tokens of the held-out windows."""
     skip = math.ceil(cfg.eval_seqs * cfg.eval_len / cfg.seq_len)
     windows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len, prepend=cfg.prepend)[skip:]
     if len(windows) < cfg.batch_size:
         raise ProbeError(f"the corpus has only {len(windows)} training windows after the held-out ones")
     return windows
+
+
+train_rows = train_windows  # its name until the redesign, kept importable
 
 
 @torch.no_grad()
@@ -146,7 +149,7 @@ def finetune(model: nn.Module, tokenizer: Any, layer: int, neurons: list[int], c
     peft_model = _peft(copy.deepcopy(model), cfg)
     drop = MacDrop(peft_model, layer, neurons[: cfg.k],
                    schedule(cfg.macdrop, cfg.p0 if cfg.macdrop != "none" else 0.0, cfg.steps, cfg.alpha), cfg.seed)
-    data = train_rows(tokenizer, cfg)
+    data = train_windows(tokenizer, cfg)
     held_out = eval_windows(tokenizer, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     log = FinetuneLog({**asdict(cfg), "protocol": window_protocol(tokenizer, cfg.prepend).to_dict()}, layer, neurons[: cfg.k])
