@@ -99,3 +99,12 @@ def test_scan_bad_k_is_exit_2():
     probe = str(Path(sys.executable).parent / "probe")
     r = subprocess.run([probe, "scan", "--k", "0"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("k", [0, 1537])
+def test_scan_checks_k_against_the_ffn_width(smol, k):
+    """The library refuses k outside 1..d_ff (SmolLM2: 1536) before any forward pass; the CLI relies on it."""
+    from probe.errors import ProbeError
+
+    with pytest.raises(ProbeError, match=rf"^k={k}: the number of massive neurons must be between 1 and the FFN width 1536$"):
+        scan(smol.model, smol.tokenizer, k=k, n_seqs=1, seq_len=8)

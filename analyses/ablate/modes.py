@@ -113,11 +113,9 @@ class Zero(Mode):
 
 
 @mode("retain")
-class Retain(Mode):
-    """Keep only rows ``neurons`` of ``W_up`` and ``W_gate``; zero every other row of the layer."""
-
-    def plans(self, target: Target, ks: list[int], seeds: int) -> list[Plan]:
-        return [Plan(self.name, target.layer, k, tuple(target.top[:k])) for k in ks]
+class Retain(Zero):
+    """Keep only rows ``neurons`` of ``W_up`` and ``W_gate``; zero every other row of the layer
+    (the plans of ``zero``, the opposite edit)."""
 
     def edits(self, model: nn.Module, plan: Plan) -> list[Any]:
         return _row_edits(model, plan, keep_rows)

@@ -1,6 +1,6 @@
 """Ablation plans as interventions inside an nnsight trace: the weights are never touched.
 
-Weight edits (:func:`analyses.ablate.weights.applied`) change weights in place and restores them. A model served by NDIF
+Weight edits (:func:`analyses.ablate.weights.applied`) change weights in place and restore them. A model served by NDIF
 is shared and a request can fail halfway, so there the same plans run as edits of the
 activations inside the trace (House of Cards, arXiv 2410.01866, §3-4, for the ablations). Per
 token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of ``W_down``):

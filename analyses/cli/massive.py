@@ -27,15 +27,7 @@ def scan_cmd(
     """Find massive activations, their origin layer, the massive weights and the super weight."""
     from analyses.massive.locate import scan
 
-    from probe.arch import d_ff
-    from probe.backends import hf_module
-    from probe.errors import ProbeError
-
-    if k < 1:
-        raise ProbeError(f"--k must be at least 1, got {k}")
-    loaded, backend, where = model.load_for()
-    if k > d_ff(hf_module(loaded.model)):
-        raise ProbeError(f"--k {k} is larger than the FFN width {d_ff(hf_module(loaded.model))}")
+    loaded, backend, where = model.load_for()  # scan checks k against the FFN width
     opts = dict(name=loaded.name, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, k=k, ratio=ratio,
                 abs_threshold=abs_threshold, backend=backend, remote=where)
     if compare:

@@ -197,8 +197,9 @@ def load_array(path: str) -> "Any":
 
 @contextmanager
 def progress_bar(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (nothing when ``quiet``); yields ``advance(n)``."""
-    if quiet:
+    """A rich progress bar on stderr (nothing when ``quiet``, or when stderr is not a terminal:
+    there rich's transient bar would leave a blank line before any error); yields ``advance(n)``."""
+    if quiet or not err.is_terminal:
         yield lambda n: None
         return
     from rich.progress import Progress

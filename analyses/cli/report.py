@@ -42,7 +42,7 @@ def report_cmd(
 
     start = time.perf_counter()
     static_formats = check_ready(split_list(formats, "--formats")) if static else ()
-    chosen = S.parse_sections(split_list(sections, "--sections", S.SECTIONS))
+    chosen = S.parse_sections(split_list(sections, "--sections"))
     cfg = S.ReportConfig(corpus=corpus, prepend=prepend, compare_prepend=compare, n_seqs=n_seqs, seq_len=seq_len, k=k, eval_seqs=eval_seqs,
                          geometry_seqs=n_seqs, lid_points=lid_points, lid_k=lid_k)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.model.rstrip("/")).name.removesuffix(".gguf")) or "model"

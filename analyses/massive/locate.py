@@ -63,7 +63,7 @@ from typing import Any, Callable
 
 import torch
 
-from probe.arch import Arch, arch_for, n_layers, weight_view
+from probe.arch import Arch, arch_for, d_ff, n_layers, weight_view
 from probe.arch import layer as block
 from probe.backends import as_nnsight, call_on_model, check_backend, hf_module
 from probe.capture import capture, one_sequence, run_all
@@ -182,6 +182,8 @@ def scan(
             raise ProbeError(f"windows must be a non-empty (n, seq_len) tensor of token ids, got shape {tuple(windows.shape)}")
     runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
     hf = hf_module(runner)
+    if not 1 <= k <= d_ff(hf):
+        raise ProbeError(f"k={k}: the number of massive neurons must be between 1 and the FFN width {d_ff(hf)}")
     arch = arch_for(hf)
     L = n_layers(hf)
     opts = {"backend": backend, "remote": remote}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 import numpy as np
 import torch
-from analyses.massive.locate import MassiveScan, scan_windows
-from probe.arch import arch_for, weight_view
+from analyses.massive.locate import MassiveScan, read_weights, scan_windows
+from probe.arch import arch_for
 from probe.capture import one_sequence
 from probe.display import Figured
 from probe.errors import ProbeError
@@ -79,10 +79,9 @@ def origin_detail(model: torch.nn.Module, tokenizer: Any, scan: MassiveScan, ids
     position, dim = divmod(flat, resid.shape[1])
     post = full[points[1]][position]
     k = k or len(scan.massive_neurons) or 5
-    arch = arch_for(model)
-    norms = {n: weight_view(model, layer, n, arch).matrix.float().norm(dim=1).cpu().numpy() for n in arch.ffn_in_names}
+    _, norms = read_weights(model, [], layer, list(arch_for(model).ffn_in_names))
     return OriginDetail(
         model=scan.model, layer=layer, ids=ids.tolist(), tokens=tokenizer.convert_ids_to_tokens(ids.tolist()),
         position=position, dim=dim, resid=resid.numpy(), post=post.numpy(),
-        neurons=post.abs().topk(k).indices.tolist(), row_norms=norms,
+        neurons=post.abs().topk(k).indices.tolist(), row_norms={n: v.numpy() for n, v in norms.items()},
         median=scan.layers[layer].median, abs_threshold=scan.abs_threshold, ratio=scan.ratio)

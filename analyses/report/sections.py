@@ -128,21 +128,18 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
 
 @section("massive", label="scanning", steps=lambda cfg: 1)
 def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
-    found, run.scan, extra = massive_section(run.loaded, run.cfg)
-    run.results.update(massive=run.scan.to_dict(), **extra)
-    return found
-
-
-def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any, dict[str, Any]]:
+    """The scan (kept as ``run.scan`` for the ablations), its origin layer in full and, with
+    ``compare_prepend``, the same scan under the other window protocols."""
     from analyses.massive import figures
     from analyses.massive.locate import scan
     from analyses.massive.origin import origin_detail
 
+    loaded, cfg = run.loaded, run.cfg
     model, tok = loaded.model, loaded.tokenizer
     opts = dict(name=loaded.name, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k,
                 abs_threshold=cfg.abs_threshold, ratio=cfg.ratio)
-    result = scan(model, tok, prepend=cfg.prepend, **opts)
-    extra: dict[str, Any] = {}
+    run.scan = result = scan(model, tok, prepend=cfg.prepend, **opts)
+    run.results["massive"] = result.to_dict()
     sections = [Section(
         "Massive activations per layer",
         f"Largest |value| of the residual stream (hook_resid_post) per layer against the median, over "
@@ -155,7 +152,7 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
     )]
     if result.origin_layer is None:
         sections[0].text += " No massive activation at these thresholds, so there are no massive weights to show."
-        return sections, result, extra
+        return sections
     detail = origin_detail(model, tok, result)
     sw = result.super_weight
     sections += [
@@ -179,7 +176,7 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
             [figures.neuron_profile(detail), figures.weight_row_norms(detail)],
         ),
     ]
-    extra["origin_detail"] = detail.to_dict()
+    run.results["origin_detail"] = detail.to_dict()
     if cfg.compare_prepend:
         from analyses.massive.prepend import PrependComparison, others
 
@@ -196,31 +193,28 @@ def massive_section(loaded: Any, cfg: ReportConfig) -> tuple[list[Section], Any,
                     "first token carries top dim": f"{r['first_token_windows']}/{r['n_windows']}"
                     if r["first_token_windows"] is not None else "-",
                     "top neuron": r["top_neuron"], "super weight": r["super_weight"]} for r in rows]))
-        extra["prepend_comparison"] = {"rows": rows, "warnings": comparison.warnings}
-    return sections, result, extra
+        run.results["prepend_comparison"] = {"rows": rows, "warnings": comparison.warnings}
+    return sections
 
 
 @section("ablation", label="ablating", steps=lambda cfg: len(cfg.ablation_ks) + 2 + cfg.seeds + 1)
 def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
-    found, run.results["ablation"] = ablation_section(run.loaded, run.cfg, run.scan, progress)
-    return found
-
-
-def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
-                     progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
+    """Zero, retain, random and super-weight plans on ``run.scan``, re-evaluated by perplexity."""
     from analyses.ablate.plans import make_plans
     from analyses.ablate.run import run_plans
     from analyses.evaluate.likelihood import eval_windows
 
+    cfg, result = run.cfg, run.scan
     if result.origin_layer is None:
-        return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")], None
-    model, tok = loaded.model, loaded.tokenizer
+        run.results["ablation"] = None
+        return [Section("Ablations", "Skipped: the scan found no massive activation, so no massive weights.")]
+    model, tok = run.loaded.model, run.loaded.tokenizer
     plans = make_plans(model, None, result, "zero", list(cfg.ablation_ks))
     plans += make_plans(model, None, result, "retain", [cfg.k])
     plans += make_plans(model, None, result, "random", [cfg.k], seeds=cfg.seeds)
     plans += make_plans(model, None, result, "super", [1])
     ev = eval_windows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
-    table = run_plans(model, ev, plans, progress=progress)
+    run.results["ablation"] = table = run_plans(model, ev, plans, progress=progress)
     base = table["baseline"]["ppl"]
     by = {(r["mode"], r["k"]): r["ppl"] for r in table["results"] if r["mode"] != "random"}
     rand = [r["ppl"] for r in table["results"] if r["mode"] == "random"]
@@ -232,21 +226,16 @@ def ablation_section(loaded: Any, cfg: ReportConfig, result: Any,
             f"{min(rand):.2f}-{max(rand):.2f}; the super weight alone gives {by.get(('super', 1), float('nan')):.2f}.")
     return [Section("Ablations: zero, retain, random", text, [table.figure()], table=[
         {"mode": r["mode"], "k": r["k"], "seed": r["seed"], "ppl": round(r["ppl"], 3), "x baseline": round(r["ratio"], 3)}
-        for r in table["results"]])], table
+        for r in table["results"]])]
 
 
 @section("lid", "collapse", label="geometry", steps=lambda cfg: cfg.geometry_seqs)
 def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
-    found, geo = geometry_sections(run.loaded, run.cfg, run.chosen, progress)
-    run.results["geometry"] = geo.to_dict()
-    return found
-
-
-def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
-                      progress: Callable[[int], None] | None = None) -> tuple[list[Section], Any]:
+    """One geometry pass for both ``lid`` and ``collapse``; a section for each one chosen."""
     from analyses.geometry.figures import collapse_figure, lid_figure
     from analyses.geometry.layers import geometry
 
+    loaded, cfg, chosen = run.loaded, run.cfg, run.chosen
     g = geometry(loaded.model, loaded.tokenizer, loaded.name, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
                  seq_len=cfg.seq_len, lid_points=cfg.lid_points, k=cfg.lid_k, top_classes=cfg.top_classes,
                  progress=progress, prepend=cfg.prepend)
@@ -273,7 +262,8 @@ def geometry_sections(loaded: Any, cfg: ReportConfig, chosen: list[str],
             [fig], table=[{"layer": l.layer, "LID": round(l.lid_mean, 2), **{k: round(l.collapse[k], 4) for k in
                           ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4")
                           if k in l.collapse}} for l in g.layers]))
-    return sections, g
+    run.results["geometry"] = g.to_dict()
+    return sections
 
 
 def _shortened(items: Sequence[Any], top: int = TOP) -> str:
