@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from analyses.geometry import CollapseStats
+from analyses.geometry import collapse
+from analyses.geometry.collapse import bootstrap_intervals
 
 RTOL = 1e-10
 
@@ -35,15 +37,19 @@ def _brute(x: np.ndarray, y: np.ndarray, classes: list[int]) -> dict[str, float]
         r = xi - mu[classes.index(yi)]
         s_w += np.outer(r, r)
     sigma_b = sum(np.outer(v, v) for v in m) / c
-    nc1 = np.trace(s_w / len(x) @ np.linalg.pinv(sigma_b, rtol=RTOL, hermitian=True)) / c
+    ev, vec = np.linalg.eigh(sigma_b)
+    keep = ev > RTOL * ev.max()
+    nc1 = np.trace(s_w / len(x) @ (vec[:, keep] / ev[keep]) @ vec[:, keep].T) / c
     norms = np.linalg.norm(m, axis=1)
     cos = [m[i] @ m[j] / (norms[i] * norms[j]) for i, j in itertools.combinations(range(c), 2)]
     var = [np.mean(((x[y == k] - mu[i]) ** 2).sum(1)) for i, k in enumerate(classes)]
-    cd, cd4 = [], []
+    cd, cd4, kern = [], [], []
+    u_m = m / norms[:, None]
     for i, j in itertools.combinations(range(c), 2):
         dist2 = ((mu[i] - mu[j]) ** 2).sum()
         cd.append((var[i] + var[j]) / (2 * dist2))
         cd4.append((var[i] + var[j]) / (2 * dist2**2))
+        kern.append(np.log(1.0 / np.linalg.norm(u_m[i] - u_m[j])))
     glob = x.mean(0)
     s_b = sum((y == k).sum() * np.outer(mu[i] - glob, mu[i] - glob) for i, k in enumerate(classes))
     fisher = np.trace(np.linalg.pinv(s_w) @ s_b)
@@ -59,7 +65,9 @@ def _brute(x: np.ndarray, y: np.ndarray, classes: list[int]) -> dict[str, float]
         "nc2_equiangular": np.std(cos),
         "nc2_maxangle": np.mean(np.abs(np.array(cos) + 1 / (c - 1))),
         "cdnv": np.mean(cd),
-        "cdnv_wu_papyan": np.mean(cd4),
+        "cdnv_dist4": np.mean(cd4),
+        "gnc2": np.var(kern),
+        "gnc2_mean": np.mean(kern),
         "fisher_ratio": fisher,
         "cone": np.mean(same + diff),
         "cone_same": np.mean(same),
@@ -202,3 +210,243 @@ def test_collapse_metrics_grow_with_noise(seed: int) -> None:
     assert all(a > b for a, b in zip(fisher, fisher[1:])), fisher
     # NC1 ~ sigma^2: tenfold noise, about hundredfold NC1
     assert out[3]["nc1"] / out[1]["nc1"] == pytest.approx(100, rel=0.05)
+
+
+# ---------------------------------------------------------------- GNC2, UNC3, CDNV naming
+
+
+def test_gnc2_and_unc3_match_brute_force() -> None:
+    """GNC2 = population variance over pairs i < j of log(1/||u_i - u_j||) (the library's
+    ``kernel_stats(M, mG, log_kernel)[1]``), UNC3 = torch-style sample variance of the cosines
+    between classifier rows and centred means, both from the raw samples by loops."""
+    x, y = _data(seed=11, c=7, d=9, n=300)
+    w = np.random.default_rng(12).normal(size=(10, 9))
+    out = CollapseStats().fit(x, y).metrics(classifier=w)
+    mu = np.stack([x[y == k].mean(0) for k in range(7)])
+    m = mu - mu.mean(0)
+    u = [v / np.linalg.norm(v) for v in m]
+    kern = [-np.log(np.linalg.norm(u[i] - u[j])) for i, j in itertools.combinations(range(7), 2)]
+    assert out["gnc2"] == pytest.approx(np.var(kern), rel=1e-10)
+    assert out["gnc2_mean"] == pytest.approx(np.mean(kern), rel=1e-10)
+    cos = torch.nn.functional.cosine_similarity(torch.from_numpy(w[:7]), torch.from_numpy(m))
+    assert out["unc3"] == pytest.approx(float(cos.var()), rel=1e-10)  # torch.var: ddof = 1
+    assert out["unc3_mean"] == pytest.approx(float(cos.mean()), rel=1e-10)
+    assert CollapseStats().fit(x, y).unc3(w) == out["unc3"]
+    assert "unc3" not in CollapseStats().fit(x, y).metrics()
+
+
+def test_cdnv_variants_match_the_library_kernel() -> None:
+    """``cdnv`` is ``variability_cdnv(V, M)`` (dist_exp = 1, ||mu_i - mu_j||^2) and ``cdnv_dist4``
+    is ``variability_cdnv(V, M, 2)`` (||mu_i - mu_j||^4, Wu & Papyan's analyze.py)."""
+    x, y = _data(seed=13, c=6, d=5, n=240)
+    out = CollapseStats().fit(x, y).metrics()
+    mu = np.stack([x[y == k].mean(0) for k in range(6)])
+    v = np.array([((x[y == k] - mu[k]) ** 2).sum(1).mean() for k in range(6)])
+    for key, dist_exp in (("cdnv", 1), ("cdnv_dist4", 2)):
+        grid = [(v[i] + v[j]) / 2 / (((mu[i] - mu[j]) ** 2).sum() ** dist_exp)
+                for i, j in itertools.combinations(range(6), 2)]
+        assert out[key] == pytest.approx(np.mean(grid), rel=1e-10), key
+    assert "cdnv_wu_papyan" not in out
+
+
+def test_gnc2_of_a_simplex_etf() -> None:
+    """Regular simplex: every pair of unit means is at distance sqrt(2C/(C-1)), so the kernel is
+    constant: GNC2 (its variance) = 0 and its mean = -log(2C/(C-1))/2; NC2 equiangularity 0."""
+    rng = np.random.default_rng(14)
+    c, d = 7, 12
+    m = _simplex_etf(c, d, rng)
+    y = np.repeat(np.arange(c), 5)
+    x = m[y] + 2.0 + 1e-3 * rng.normal(size=(len(y), d))
+    x -= np.stack([x[y == k].mean(0) for k in range(c)])[y] - m[y] - 2.0  # class means exactly m + 2
+    out = CollapseStats().fit(x, y).metrics()
+    assert out["gnc2"] == pytest.approx(0.0, abs=1e-20)
+    assert out["gnc2_mean"] == pytest.approx(-0.5 * np.log(2 * c / (c - 1)), rel=1e-12)
+    assert out["nc2_equiangular"] < 1e-12
+
+
+@pytest.mark.parametrize("c", [3, 5, 8])
+def test_gnc2_of_a_regular_polygon(c: int) -> None:
+    """Means at the vertices of a regular C-gon in 2-D: ||u_i - u_j|| = 2 sin(pi m / C) for the gap
+    m = |i - j|, each gap equally often over ordered pairs, and prod_m 2 sin(pi m / C) = C, so the
+    mean log kernel is -log(C)/(C-1) and its variance is mean_m k_m^2 - mean^2."""
+    ang = 2 * np.pi * np.arange(c) / c
+    m = 3.0 * np.stack([np.cos(ang), np.sin(ang)], 1) + np.array([5.0, -2.0])
+    y = np.repeat(np.arange(c), 2)
+    x = m[y] + np.array([[0.1, -0.2], [-0.1, 0.2]] * c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # S_W of rank 1 < D = 2
+        out = CollapseStats().fit(x, y).metrics()
+    k = -np.log(2 * np.sin(np.pi * np.arange(1, c) / c))
+    assert out["gnc2_mean"] == pytest.approx(-np.log(c) / (c - 1), rel=1e-12, abs=1e-14)
+    assert out["gnc2"] == pytest.approx(np.mean(k**2) - np.mean(k) ** 2, rel=1e-10, abs=1e-14)
+
+
+def test_unc3_zero_for_equal_cosines() -> None:
+    """w_c = a_c (cos t u_c + sin t z), z orthogonal to every centred mean: cos(w_c, M_c) = cos t
+    for every class, so UNC3 = 0 and its mean is cos t, whatever the scales a_c."""
+    x, y = _data(seed=15, c=5, d=9, n=200)
+    s = CollapseStats().fit(x, y)
+    mu = s.means_[s.used_classes()]
+    m = mu - mu.mean(0)
+    q, _ = np.linalg.qr(np.concatenate([m.T, np.random.default_rng(16).normal(size=(9, 1))], 1))
+    z = q[:, -1]  # orthogonal to the span of the means (rank 4 < 5 columns before it)
+    t = 0.7
+    a = np.array([0.5, 1.0, 2.0, 3.0, 10.0])
+    w = a[:, None] * (np.cos(t) * m / np.linalg.norm(m, axis=1, keepdims=True) + np.sin(t) * z)
+    out = s.metrics(classifier=w)
+    assert out["unc3"] < 1e-28
+    assert out["unc3_mean"] == pytest.approx(np.cos(t), rel=1e-12)
+
+
+# ---------------------------------------------------------------- fast paths == definitions
+
+
+def test_rank_deficient_between_class_scatter() -> None:
+    """More classes than dimensions (K = M M^T has rank D < C - 1): the eigen path of NC1."""
+    x, y = _data(seed=17, c=12, d=4, n=600)
+    _assert_close(CollapseStats().fit(x, y).metrics(), _brute(x, y, list(range(12))))
+
+
+def test_ill_conditioned_within_scatter() -> None:
+    """S_W of full rank but condition ~1e12: below the rtol = 1e-10 cut-off, so the Fisher ratio
+    drops that direction (eigen path) exactly like the pseudo-inverse; ~1e6 stays on Cholesky."""
+    for tiny, singular in ((1e-6, True), (1e-3, False)):
+        x, y = _data(seed=18, c=4, d=6, n=400)
+        x[:, 0] = x[:, 0] * tiny + y  # almost no within-class spread along dim 0
+        s = CollapseStats().fit(x, y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = s.metrics()
+        assert any("singular" in str(w.message) for w in caught) == singular
+        s_w = s._within_scatter(s.used_classes())
+        n = s.counts_[s.used_classes()]
+        mu = s.means_[s.used_classes()]
+        dev = mu - n @ mu / n.sum()
+        ev, vec = np.linalg.eigh(s_w)
+        keep = ev > RTOL * ev.max()
+        pinv = (vec[:, keep] / ev[keep]) @ vec[:, keep].T
+        assert got["fisher_ratio"] == pytest.approx(np.trace(pinv @ (dev * n[:, None]).T @ dev), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", [29, 30])
+def test_fallback_paths_agree(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The certified Cholesky paths, the eigenvalue test (no certificate) and the eigen paths
+    (no Cholesky) give the same metrics up to float64 rounding."""
+    x, y = _data(seed=seed, c=9, d=12, n=500)
+    w = np.random.default_rng(seed).normal(size=(9, 12))
+    s = CollapseStats().fit(x, y)
+    fast = s.metrics(classifier=w)
+    monkeypatch.setattr(collapse, "_inverse_if_certified", lambda low, a, rtol: None)
+    _assert_close(s.metrics(classifier=w), fast, tol=1e-10)
+    monkeypatch.setattr(collapse, "_cholesky", lambda a: None)
+    _assert_close(s.metrics(classifier=w), fast, tol=1e-10)
+
+
+# ---------------------------------------------------------------- merge, remove, bootstrap
+
+
+def _state(s: CollapseStats) -> dict[str, np.ndarray]:
+    order = np.argsort(s.labels_)
+    keep = s.counts_[order] > 0
+    out = {"labels": s.labels_[order][keep], "counts": s.counts_[order][keep], "means": s.means_[order][keep],
+           "m2": s.m2_trace_[order][keep], "unit_sum": s.unit_sum_[order][keep], "unit_sq": s.unit_sq_[order][keep],
+           "scatter": s.scatter_}
+    if s.class_scatter_ is not None:
+        out["class_scatter"] = s.class_scatter_[order][keep]
+    return out
+
+
+def _assert_state_close(a: CollapseStats, b: CollapseStats, rtol: float = 1e-10) -> None:
+    sa, sb = _state(a), _state(b)
+    assert set(sa) == set(sb)
+    for k in sa:
+        scale = max(np.abs(sb[k]).max(), 1.0)
+        assert sa[k].shape == sb[k].shape, k
+        assert np.abs(sa[k] - sb[k]).max() <= rtol * scale, k
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_merged_equals_fit_on_concatenation(per_class: bool) -> None:
+    x, y = _data(seed=19, c=6, d=5, n=300)
+    y[:40] = 7  # a label only in the first part
+    parts = [(0, 90), (90, 91), (91, 200), (200, 300)]
+    stats = [CollapseStats(per_class_scatter=per_class).fit(x[lo:hi], y[lo:hi]) for lo, hi in parts]
+    w = np.random.default_rng(20).normal(size=(8, 5))
+    whole = CollapseStats(per_class_scatter=per_class).fit(x, y)
+    merged = CollapseStats.merged(stats)
+    _assert_state_close(merged, whole)
+    _assert_close(merged.metrics(classifier=w), whole.metrics(classifier=w), tol=1e-10)
+    _assert_state_close(stats[0] + stats[1] + stats[2] + stats[3], whole)
+    # integer weights = repeating a part's data; 0 = leaving it out
+    rep = np.concatenate([np.arange(0, 90)] * 2 + [np.arange(91, 200)] * 3 + [np.arange(200, 300)])
+    weighted = CollapseStats.merged(stats, weights=[2, 0, 3, 1])
+    _assert_state_close(weighted, CollapseStats(per_class_scatter=per_class).fit(x[rep], y[rep]))
+    assert stats[1].counts_.sum() == 1  # inputs unchanged
+    with pytest.raises(ValueError, match="weights"):
+        CollapseStats.merged(stats, weights=[1, 1])
+    with pytest.raises(ValueError, match="weights"):
+        CollapseStats.merged(stats, weights=[1, -1, 1, 1])
+
+
+def test_merged_with_empty_and_pregrown_groups() -> None:
+    """Groups that registered every class up front (zero counts) and a group that saw nothing."""
+    x, y = _data(seed=21, c=5, d=4, n=150)
+    groups = [CollapseStats(per_class_scatter=False) for _ in range(3)]
+    for g in groups[:2]:
+        g._grow(np.arange(5), 4)
+    groups[0].partial_fit(x[:70], y[:70])
+    groups[1].partial_fit(x[70:], y[70:])
+    merged = CollapseStats.merged(groups)
+    _assert_state_close(merged, CollapseStats().fit(x, y))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_remove_equals_refit(per_class: bool) -> None:
+    x, y = _data(seed=22, c=5, d=6, n=400)
+    x[:, 0] += 50.0  # a large offset, as in residual streams
+    drop = np.zeros(len(y), dtype=bool)
+    drop[np.random.default_rng(23).choice(len(y), 60, replace=False)] = True
+    drop[y == 3] = True  # one class removed entirely
+    s = CollapseStats(per_class_scatter=per_class).fit(x, y)
+    s.remove(torch.from_numpy(x[drop]), torch.from_numpy(y[drop]))
+    ref = CollapseStats(per_class_scatter=per_class).fit(x[~drop], y[~drop])
+    _assert_state_close(s, ref)
+    w = np.random.default_rng(24).normal(size=(5, 6))
+    _assert_close(s.metrics(classifier=w), ref.metrics(classifier=w), tol=1e-10)
+    assert s.counts_[s._index[3]] == 0 and 3 not in s.used_labels()
+    with pytest.raises(ValueError, match="never added"):
+        s.remove(x[:1], np.array([42]))
+    with pytest.raises(ValueError, match="more samples"):
+        s.remove(x[:1], np.array([3]))
+
+
+def _groups(seed: int, g: int = 8, c: int = 4, d: int = 5, n: int = 4000) -> tuple[list[CollapseStats], np.ndarray, np.ndarray]:
+    x, y = _data(seed=seed, c=c, d=d, n=n)
+    return [CollapseStats().fit(x[i::g], y[i::g]) for i in range(g)], x, y
+
+
+def test_bootstrap_reproducible_and_covers_the_full_data_value() -> None:
+    groups, x, y = _groups(25)
+    w = np.random.default_rng(26).normal(size=(4, 5))
+    a = bootstrap_intervals(groups, n_boot=200, seed=3, classifier=w)
+    assert a == bootstrap_intervals(groups, n_boot=200, seed=3, classifier=w, n_jobs=1)
+    assert a != bootstrap_intervals(groups, n_boot=200, seed=4, classifier=w)
+    full = CollapseStats().fit(x, y).metrics(classifier=w)
+    assert set(a) == set(full)
+    for k, (lo, hi) in a.items():
+        assert lo <= hi, k
+        if k not in ("n_classes", "n_samples"):
+            assert lo <= full[k] <= hi, (k, lo, full[k], hi)
+
+
+def test_bootstrap_replicate_is_the_weighted_merge() -> None:
+    """One replicate (n_boot = 1) with level -> 0 gives the metrics of the merge with the drawn
+    multinomial weights."""
+    groups, _, _ = _groups(27, n=800)
+    weights = np.random.default_rng(5).multinomial(8, np.full(8, 1 / 8), size=1)[0]
+    ref = CollapseStats.merged(groups, weights=weights).metrics()
+    got = bootstrap_intervals(groups, n_boot=1, seed=5, level=1e-9)
+    for k, (lo, hi) in got.items():
+        assert lo == pytest.approx(ref[k], rel=1e-10) and hi == pytest.approx(ref[k], rel=1e-10), k
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_intervals(groups, level=1.5)
