@@ -16,7 +16,10 @@ around every call; median per row; ratio = median / median of the plain forward 
   layer, the same with MaxMedian(stride=7), and with ``--nnsight`` ours-nnsight and a plain
   nnsight trace saving both points (on a second model instance);
 - the perplexity benchmark: :func:`analyses.evaluate.likelihood.perplexity` on the same ids (one batch),
-  whose extra cost over the plain forward is the float32 log-softmax over the vocabulary.
+  whose extra cost over the plain forward is the float32 log-softmax over the vocabulary;
+- with ``--lid N`` (default 20,000): exact kNN and local TwoNN of N points on the device (the
+  torch path of :func:`analyses.geometry.lid.knn`) against faiss' ``IndexFlatL2`` on the CPU (and
+  ``GpuIndexFlatL2`` where faiss-gpu is installed), with a check that the indices equal the CPU path's.
 
 Peak GPU memory per row is ``torch.cuda.max_memory_allocated`` during the row's last call,
 minus the memory held before it (weights).
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--device-map", help="e.g. auto: load with accelerate's placement instead of --device")
     parser.add_argument("--nnsight", action="store_true", help="add the nnsight rows (loads a second model instance)")
     parser.add_argument("--download", action="store_true", help="allow fetching --model from the HF hub")
+    parser.add_argument("--lid", type=int, default=20000, metavar="N",
+                        help="also time exact kNN and local TwoNN of N points on the device (0: skip)")
     args = parser.parse_args()
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -141,6 +146,40 @@ def main() -> None:
         peak = mib(row["peak_extra_bytes"]) if device.type == "cuda" else "-"
         lines.append(f"| {name} | {med * 1e3:.1f} | {n_tokens / med:,.0f} | {med / plain:.3f}x | {peak} |")
     print("\n".join(lines))
+    if args.lid:
+        print("\n".join(lid_rows(args.lid, args.rounds, device)))
+
+
+def lid_rows(n: int, rounds: int, device: torch.device) -> list[str]:
+    """Exact kNN (k = 100) and local TwoNN of ``n`` points in D = 576 on ``device`` (the torch
+    path of :func:`analyses.geometry.lid.knn`), against the same kNN by faiss' ``IndexFlatL2`` on
+    the CPU (or faiss-gpu when installed); interleaved rounds, medians."""
+    import faiss
+    import numpy as np
+
+    from analyses.geometry import lid
+    from benchmarks.lid import K, faiss_knn, make_data
+
+    X = make_data(n)
+    rows: dict[str, Callable[[], Any]] = {"faiss IndexFlatL2 (CPU floor)": lambda: faiss_knn(X, K)}
+    if hasattr(faiss, "StandardGpuResources") and device.type == "cuda":
+        res = faiss.StandardGpuResources()
+
+        def gpu_flat() -> Any:
+            index = faiss.GpuIndexFlatL2(res, X.shape[1])
+            index.add(X)
+            return index.search(X, K + 1)
+
+        rows["faiss GpuIndexFlatL2"] = gpu_flat
+    rows[f"lid.knn on {device.type}"] = lambda: lid.knn(X, K, device=str(device))
+    rows[f"LocalTwoNN.fit on {device.type}"] = lambda: lid.LocalTwoNN(n_neighbors=K, max_points=None,
+                                                                     device=str(device)).fit(X)
+    found = time_rows(rows, rounds, device)
+    ours = lid.knn(X, K, device=str(device))[1]
+    exact = np.array_equal(ours, lid.knn(X, K, device="cpu")[1])
+    out = ["", f"# Exact kNN and local TwoNN, N = {n}, D = {X.shape[1]}, k = {K}", "",
+           f"indices equal to the CPU path: {exact}", "", "| row | median s |", "|---|---:|"]
+    return out + [f"| {name} | {row['median_s']:.3f} |" for name, row in found.items()]
 
 
 if __name__ == "__main__":

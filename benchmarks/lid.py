@@ -1,27 +1,31 @@
 #!/usr/bin/env python
-"""Local TwoNN: ``analyses.geometry.lid.LocalTwoNN`` vs scikit-dimension 0.5 ``TwoNN().fit_pw``.
+"""Exact kNN and local intrinsic dimension: ``analyses.geometry.lid`` against the faiss kNN floor and skdim.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/lid.py                          # N = 5000 (3 rounds), 20000 (1 round)
+    .venv/bin/python benchmarks/lid.py                    # N = 5000, 20000, 100000 (about 15 min)
+    .venv/bin/python benchmarks/lid.py --quick            # N = 2000, 5000 (under a minute)
     .venv/bin/python benchmarks/lid.py --sizes 5000 --rounds 5
 
 Data: a 20-dimensional standard Gaussian through a fixed random linear map into D = 576
 (per-coordinate variance ~1) plus isotropic N(0, 0.01^2) noise, float32, seed 0; k = 100.
-Both libraries get the same float32 array. Two comparisons, in interleaved rounds
-(ours, skdim, ours, skdim, ...), medians reported:
+Every row gets the same float32 array. Rows, timed in interleaved rounds (floor, knn,
+LocalTwoNN, MLE, skdim, floor, ...), medians reported:
 
-- end to end: ``LocalTwoNN(n_neighbors=k, max_points=None).fit(X)`` (dedup, exact kNN,
-  pointwise TwoNN) vs ``skdim.id.TwoNN().fit_pw(X, n_neighbors=k, n_jobs=1)`` (sklearn kNN,
-  then ``TwoNN.fit`` on each neighbourhood);
-- pointwise only, on the same neighbourhoods: the kNN is computed once with ``analyses.geometry.lid.knn``
-  and its indices go to skdim via ``precomputed_knn=``; ours is the pointwise step of
-  ``LocalTwoNN.fit`` on the same ``(dist, ind)`` (see :func:`ours_pointwise`).
+- floor: faiss ``IndexFlatL2`` on the array, ``search(X, k + 1)`` (k neighbours plus the
+  point itself; float32, no exact re-check) -- the cost of the distance matrix, which any
+  exact kNN pays;
+- ``lid.knn(X, k)``: exact kNN (faiss candidates on the centred data, float64 distances
+  of the candidates that can be among the k nearest, ties by index);
+- ``LocalTwoNN(n_neighbors=k, max_points=None).fit(X)`` end to end (dedup, knn, pointwise TwoNN);
+- ``MLE(n_neighbors=k).fit(X)`` end to end (dedup, knn, Levina-Bickel);
+- scikit-dimension ``TwoNN().fit_pw(X, n_neighbors=k, n_jobs=1)`` (sklearn kNN, then
+  ``TwoNN.fit`` on each neighbourhood). It is skipped above ``--skdim-max`` points, with
+  an estimate from ``t = b N + c N^2`` fitted to the sizes where it ran.
 
-skdim computes distances in float32 for float32 input, so per-point estimates differ by
-~1e-7 relative; with float64 input they agree to ~1e-14 (see tests/test_lid.py).
-
-Relative differences are ``|ours - skdim| / |skdim|`` per point.
+The last column is the largest per-point ``|ours - skdim| / |skdim|`` of LocalTwoNN. skdim
+computes float32 distances for float32 input, so there the two differ at ~1e-7; the same
+comparison on the float64 copy of the smallest size is printed below the table.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.common import loadavg, log  # noqa: E402
 
+import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import skdim  # noqa: E402
 import torch  # noqa: E402
@@ -49,6 +54,7 @@ import torch  # noqa: E402
 from analyses.geometry import lid  # noqa: E402
 
 D, ID, K, NOISE = 576, 20, 100, 0.01
+FLOOR, SKDIM = "faiss IndexFlatL2 kNN (floor)", "skdim TwoNN.fit_pw"
 
 
 def make_data(n: int, seed: int = 0) -> np.ndarray:
@@ -58,14 +64,31 @@ def make_data(n: int, seed: int = 0) -> np.ndarray:
     return X.astype(np.float32)
 
 
-def ours_pointwise(X: np.ndarray, dist: np.ndarray, ind: np.ndarray) -> np.ndarray:
-    """Our pointwise step on given neighbourhoods: ``lid.local_twonn_from_knn``, what
-    ``LocalTwoNN.fit`` calls after ``knn`` (it reads r1, r2 off the sorted kNN lists, so it
-    takes the distances too, not only the indices skdim gets)."""
-    return lid.local_twonn_from_knn(X, dist, ind)
+def faiss_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The floor: exact float32 kNN (self included) by faiss' brute-force index, on every
+    usable core; faiss' thread count goes back to 1 after, as ``lid.knn`` leaves it."""
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        index = faiss.IndexFlatL2(X.shape[1])
+        index.add(X)
+        return index.search(X, k + 1)
+    finally:
+        faiss.omp_set_num_threads(1)
 
 
-def timed(fn: Callable[[], np.ndarray]) -> tuple[float, float, np.ndarray]:
+def variants(X: np.ndarray, with_skdim: bool) -> dict[str, Callable[[], Any]]:
+    rows: dict[str, Callable[[], Any]] = {
+        FLOOR: lambda: faiss_knn(X, K),
+        "lid.knn": lambda: lid.knn(X, K),
+        "LocalTwoNN.fit": lambda: lid.LocalTwoNN(n_neighbors=K, max_points=None).fit(X).dimension_pw_,
+        "MLE.fit": lambda: lid.MLE(n_neighbors=K).fit(X).dimension_pw_,
+    }
+    if with_skdim:
+        rows[SKDIM] = lambda: skdim.id.TwoNN().fit_pw(X, n_neighbors=K, n_jobs=1).dimension_pw_
+    return rows
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     """(wall s, CPU s of this process, result)."""
     c, t = time.process_time(), time.perf_counter()
     out = fn()
@@ -80,76 +103,99 @@ def cpu_model() -> str:
         return "?"
 
 
-def bench(n: int, rounds: int) -> list[dict[str, Any]]:
+def max_rel(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - ref) / np.abs(ref)))
+
+
+def bench(n: int, rounds: int, with_skdim: bool) -> dict[str, Any]:
     X = make_data(n)
-    log(f"N={n}: warm-up (ours on 1000 points), kNN once ...")
-    lid.LocalTwoNN(n_neighbors=K, max_points=None).fit(X[:1000])
-    knn_s, _, (dist, ind) = timed(lambda: lid.knn(X, K))
-    pairs = {
-        "end to end": (lambda: lid.LocalTwoNN(n_neighbors=K, max_points=None).fit(X).dimension_pw_,
-                       lambda: skdim.id.TwoNN().fit_pw(X, n_neighbors=K, n_jobs=1).dimension_pw_),
-        "pointwise, same kNN": (lambda: ours_pointwise(X, dist, ind),
-                                lambda: skdim.id.TwoNN().fit_pw(X, precomputed_knn=ind, n_jobs=1).dimension_pw_),
-    }
-    res = {s: {"ours": [], "skdim": [], "ours_cpu": [], "skdim_cpu": [], "out": {}} for s in pairs}
+    log(f"N={n}: warm-up on 1000 points ...")
+    for fn in variants(X[:1000], with_skdim).values():
+        fn()
+    rows = variants(X, with_skdim)
+    wall: dict[str, list[float]] = {name: [] for name in rows}
+    cpu: dict[str, list[float]] = {name: [] for name in rows}
+    out: dict[str, Any] = {}
     for r in range(rounds):
-        for step, fns in pairs.items():
-            for who, fn in zip(("ours", "skdim"), fns):
-                wall, cpu, out = timed(fn)
-                res[step][who].append(wall)
-                res[step][who + "_cpu"].append(cpu)
-                res[step]["out"][who] = out
-                log(f"  round {r + 1}/{rounds} {step:<20} {who:<5} {wall:8.2f} s")
-    rows = []
-    for step, v in res.items():
-        ours, ref = v["out"]["ours"], v["out"]["skdim"]
-        rel = np.abs(ours - ref) / np.abs(ref)
-        med = {key: statistics.median(v[key]) for key in ("ours", "skdim", "ours_cpu", "skdim_cpu")}
-        rows.append({"n": n, "step": step, "rounds": rounds, **med, "ratio": med["skdim"] / med["ours"],
-                     "max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
-                     "mean_ours": float(ours.mean()), "mean_skdim": float(ref.mean())})
-    rows[1]["knn_s"] = knn_s
-    return rows
+        for name, fn in rows.items():
+            w, c, out[name] = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+            log(f"  N={n} round {r + 1}/{rounds} {name:<32} {w:8.2f} s (CPU {c:.2f} s)")
+    res = {"n": n, "rounds": rounds, "wall": {k: statistics.median(v) for k, v in wall.items()},
+           "cpu": {k: statistics.median(v) for k, v in cpu.items()}, "mean_lid": float(out["LocalTwoNN.fit"].mean())}
+    if with_skdim:
+        res["max_rel"] = max_rel(out["LocalTwoNN.fit"], out[SKDIM])
+    return res
+
+
+def float64_check(n: int) -> float:
+    """Largest per-point relative difference of LocalTwoNN to skdim on float64 input."""
+    X = make_data(n).astype(np.float64)
+    ours = lid.LocalTwoNN(n_neighbors=K, max_points=None).fit(X).dimension_pw_
+    return max_rel(ours, skdim.id.TwoNN().fit_pw(X, n_neighbors=K, n_jobs=1).dimension_pw_)
+
+
+def skdim_estimate(results: list[dict[str, Any]], n: int) -> str:
+    """skdim seconds at ``n`` from ``t = b N + c N^2`` fitted to the measured sizes."""
+    pts = [(r["n"], r["wall"][SKDIM]) for r in results if SKDIM in r["wall"]]
+    if len(pts) < 2:
+        return "?"
+    A = np.array([[m, m * m] for m, _ in pts], dtype=np.float64)
+    b, c = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
+    return f"{b * n + c * n * n:,.0f} s"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="+", help="default 5000 20000 100000 (--quick: 2000 5000)")
     parser.add_argument("--rounds", type=int, nargs="+",
-                        help="rounds per size (one value for all, or one per size; default 3 for "
-                             "N <= 5000, else 1: skdim takes minutes per call at N = 20000)")
+                        help="rounds per size (one value for all, or one per size; default 3 for N <= 5000, "
+                             "2 up to 20000, else 1)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a check of the script")
+    parser.add_argument("--skdim-max", type=int, default=20000, help="largest N to run skdim on (default 20000)")
     args = parser.parse_args()
-    rounds = args.rounds or [3 if n <= 5000 else 1 for n in args.sizes]
+    sizes = args.sizes or ([2000, 5000] if args.quick else [5000, 20000, 100000])
+    rounds = args.rounds or [3 if n <= 5000 else 2 if n <= 20000 else 1 for n in sizes]
     if len(rounds) == 1:
-        rounds = rounds * len(args.sizes)
-    if len(rounds) != len(args.sizes):
+        rounds = rounds * len(sizes)
+    if len(rounds) != len(sizes):
         raise SystemExit("--rounds: give one value or one per size")
-    torch.set_num_threads(2)
 
     started = datetime.datetime.now().astimezone()
     load0 = loadavg()
-    rows = [row for n, r in zip(args.sizes, rounds) for row in bench(n, r)]
+    results = [bench(n, r, n <= args.skdim_max) for n, r in zip(sizes, rounds)]
+    n64 = min(sizes)
+    rel64 = None
+    if n64 <= args.skdim_max:
+        log(f"float64 check at N={n64} ...")
+        rel64 = float64_check(n64)
 
-    print(f"## Local TwoNN: analyses.geometry.lid vs scikit-dimension {md.version('scikit-dimension')}\n")
+    print(f"## Exact kNN and local ID: analyses.geometry.lid vs faiss {faiss.__version__} and "
+          f"scikit-dimension {md.version('scikit-dimension')}\n")
     print(f"- date: {started.isoformat(timespec='seconds')}")
-    print(f"- machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"scikit-learn {md.version('scikit-learn')}, numpy {np.__version__}")
+    print(f"- machine: {cpu_model()}, nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads, faiss with "
+          f"{len(os.sched_getaffinity(0))} threads, numpy {np.__version__}, scikit-learn {md.version('scikit-learn')}")
     print(f"- load average (1, 5, 15 min): {load0} at start, {loadavg()} at end")
     print(f"- data: {ID}-d Gaussian linearly embedded in D={D} + N(0, {NOISE}^2) noise, float32; k={K}")
-    print("- pointwise rows: skdim fit_pw(X, precomputed_knn=ind) vs lid.local_twonn_from_knn(X, dist, ind),"
-          f" (dist, ind) = lid.knn(X, {K}) computed once")
-    print("- times are medians over interleaved rounds; CPU = process CPU time (both use up to 2 threads)\n")
-    print("| N | step | rounds | ours s (CPU s) | skdim s (CPU s) | skdim / ours | "
-          "max rel diff | mean rel diff | mean LID ours / skdim |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['n']} | {r['step']} | {r['rounds']} | {r['ours']:.2f} ({r['ours_cpu']:.2f}) | "
-              f"{r['skdim']:.2f} ({r['skdim_cpu']:.2f}) | {r['ratio']:.1f}x | {r['max_rel']:.2e} | "
-              f"{r['mean_rel']:.2e} | {r['mean_ours']:.3f} / {r['mean_skdim']:.3f} |")
-    for r in rows:
-        if "knn_s" in r:
-            print(f"\nN={r['n']}: the shared `lid.knn(X, {K})` took {r['knn_s']:.2f} s (not in the pointwise row).")
+    print("- wall-clock medians over interleaved rounds (CPU s of the process in brackets)\n")
+    print("| N | row | rounds | median s (CPU s) | / floor | skdim / row | max rel. diff to skdim |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        floor, ref = r["wall"][FLOOR], r["wall"].get(SKDIM)
+        for name in (FLOOR, "lid.knn", "LocalTwoNN.fit", "MLE.fit", SKDIM):
+            if name not in r["wall"]:
+                print(f"| {r['n']:,} | {name} | - | skipped (est. {skdim_estimate(results, r['n'])}) | | | |")
+                continue
+            w, c = r["wall"][name], r["cpu"][name]
+            vs_skdim = f"{ref / w:.1f}x" if ref else "-"
+            diff = f"{r['max_rel']:.1e}" if name == "LocalTwoNN.fit" and "max_rel" in r else ""
+            print(f"| {r['n']:,} | {name} | {r['rounds']} | {w:.2f} ({c:.2f}) | {w / floor:.2f}x | {vs_skdim} "
+                  f"| {diff} |")
+    if rel64 is not None:
+        print(f"\nfloat64 input, N={n64:,}: LocalTwoNN vs skdim, max rel. diff per point {rel64:.1e}.")
+    print("Mean LocalTwoNN LID: " + ", ".join(f"{r['mean_lid']:.3f} (N={r['n']:,})" for r in results) + ".")
 
 
 if __name__ == "__main__":

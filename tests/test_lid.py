@@ -7,7 +7,7 @@ import pytest
 import skdim  # dev dependency (test-only reference): a missing install must fail, not skip
 import torch
 
-from analyses.geometry import MLE, LocalTwoNN, TwoNN, knn, twonn_from_mu
+from analyses.geometry import MLE, LocalTwoNN, TwoNN, knn, lid, twonn_from_mu
 
 
 def _embedded_cube(n: int, d: int, D: int, seed: int) -> np.ndarray:
@@ -55,6 +55,78 @@ def test_knn_large_offset_keeps_precision() -> None:
     np.fill_diagonal(D, np.inf)
     np.testing.assert_array_equal(i, np.argsort(D, axis=1)[:, :5])
     np.testing.assert_allclose(d, np.sort(D, axis=1)[:, :5], rtol=1e-9)
+
+
+def _brute_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 difference-form distances, self excluded by index, ties by index."""
+    X = np.asarray(X, dtype=np.float64)
+    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    order = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, order, 1), order
+
+
+def _ties_and_duplicates(seed: int) -> np.ndarray:
+    """Random points plus: a point with 2 extra copies, 30 copies of another (more than
+    the candidate margin for small k), and pairs at distances equal to ~1e-9 relative
+    (below float32 resolution, so the float64 re-check must order them)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((250, 12))
+    near = X[:20] + 1e-3 * rng.standard_normal((20, 12))
+    mirror = 2 * X[:20] - near + 1e-9 * rng.standard_normal((20, 12))  # X[i] halfway between near/mirror
+    return np.vstack([X, X[5], X[5], np.repeat(X[7:8], 30, axis=0), near, mirror])
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_knn_duplicates_and_near_ties_match_brute_force(k: int) -> None:
+    X = _ties_and_duplicates(seed=k)
+    d, i = knn(X, k)
+    ref_d, ref_i = _brute_knn(X, k)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-12, atol=0)
+    assert not (i == np.arange(len(X))[:, None]).any()  # self excluded even beside its duplicates
+
+
+def test_knn_margin_larger_than_n() -> None:
+    """k + max(16, k // 4) > n - 1: every other point is a candidate."""
+    X = np.random.default_rng(2).standard_normal((20, 3))
+    d, i = knn(X, 15)
+    ref_d, ref_i = _brute_knn(X, 15)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-12)
+    d, i = knn(X, 19)
+    np.testing.assert_array_equal(i, _brute_knn(X, 19)[1])
+
+
+def test_knn_faiss_and_torch_candidates_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The faiss (CPU) and blockwise torch (CUDA) candidate searches give the same result."""
+    X = _ties_and_duplicates(seed=3).astype(np.float32)
+    d_faiss, i_faiss = knn(X, 10)
+    monkeypatch.setattr(lid, "_candidates_faiss",
+                        lambda X32, m: lid._candidates_torch(torch.from_numpy(X32), m, block=37))
+    d_torch, i_torch = knn(X, 10)
+    np.testing.assert_array_equal(i_faiss, i_torch)
+    np.testing.assert_array_equal(d_faiss, d_torch)
+
+
+def test_knn_torch_input_and_float32() -> None:
+    X = np.random.default_rng(4).standard_normal((300, 20)).astype(np.float32)
+    d, i = knn(torch.from_numpy(X), 7)
+    ref_d, ref_i = _brute_knn(X, 7)  # exact distances of the float32 points
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-12)
+    assert d.dtype == np.float64 and i.dtype == np.int64
+
+
+@pytest.mark.parametrize(("dtype", "D"), [(np.float64, 5), (np.float32, 3), (np.float16, 3)])
+def test_dedup_matches_np_unique(dtype: type, D: int) -> None:
+    rng = np.random.default_rng(5)
+    X = rng.integers(-2, 3, size=(400, D)).astype(dtype)  # many repeated rows
+    X[0], X[1] = 0.0, -0.0  # np.unique treats -0.0 == 0.0
+    first, removed = lid._dedup(X)
+    _, ref = np.unique(X, axis=0, return_index=True)
+    np.testing.assert_array_equal(first, np.sort(ref))
+    assert removed == len(X) - len(ref)
 
 
 def test_knn_rejects_bad_k() -> None:
@@ -296,3 +368,38 @@ def test_mle_matches_skdim(D: int) -> None:
     mean = skdim.id.MLE().fit(X, comb="mean").dimension_  # Levina-Bickel's plain mean
     assert mean == pytest.approx(est.dimension_pw_.mean(), rel=1e-10)
     assert mean > est.dimension_  # arithmetic mean >= harmonic mean
+
+
+# ---------------------------------------------------------------- threads
+@pytest.mark.parametrize("n_threads", [2, 3, 5])
+def test_threaded_steps_bit_identical_to_one_thread(n_threads: int) -> None:
+    """The float64 re-check and the pointwise step split over threads give exactly
+    the single-threaded result."""
+    X = np.concatenate([_ties_and_duplicates(seed=5), _blob(700, 5, 30, seed=6)[:, :12]]).astype(np.float32)
+    d1, i1 = knn(X, 15, n_threads=1)
+    dn, i_n = knn(X, 15, n_threads=n_threads)
+    np.testing.assert_array_equal(i1, i_n)
+    np.testing.assert_array_equal(d1, dn)
+    a = LocalTwoNN(n_neighbors=15, batch_size=29, n_threads=1).fit(X)
+    b = LocalTwoNN(n_neighbors=15, batch_size=29, n_threads=n_threads).fit(X)
+    np.testing.assert_array_equal(a.dimension_pw_, b.dimension_pw_)
+    np.testing.assert_array_equal(
+        MLE(n_neighbors=15, n_threads=1).fit(X).dimension_pw_,
+        MLE(n_neighbors=15, n_threads=n_threads).fit(X).dimension_pw_)
+
+
+def test_thread_map_restores_torch_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = lid._thread_map(lambda x: (x * x, torch.get_num_threads()), list(range(7)), 3)
+        assert [a for a, _ in seen] == [x * x for x in range(7)]
+        assert all(t == 1 for _, t in seen)  # torch on one thread inside every worker
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_n_threads_validated() -> None:
+    with pytest.raises(ValueError, match="n_threads"):
+        knn(np.random.default_rng(0).standard_normal((50, 3)), 5, n_threads=0)

@@ -14,13 +14,23 @@ Estimators
 * :class:`MLE` -- Levina & Bickel (2004, NeurIPS) pointwise MLE with the
   MacKay & Ghahramani (2005) averaging of inverses for the global value.
 
+All of them rest on :func:`knn`, exact k nearest neighbours: float32
+candidates from faiss ``IndexFlatL2`` (torch on CUDA), then float64 distances
+for the candidates that can be among the k nearest.
+
 All estimators take numpy arrays or torch tensors and expose numpy results:
 ``dimension_`` (float) and ``dimension_pw_`` (per point, where defined).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +40,7 @@ __all__ = ["knn", "TwoNN", "LocalTwoNN", "MLE", "local_twonn_from_knn"]
 Convention = Literal["skdim-0.5", "skdim-0.3"]
 ArrayLike = np.ndarray | torch.Tensor
 _TINY = torch.finfo(torch.float64).tiny
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------
@@ -53,16 +64,47 @@ def _as_numpy(X: ArrayLike) -> np.ndarray:
 def _as_centered64(X: ArrayLike, device: torch.device) -> torch.Tensor:
     """float64 tensor on ``device``, centred (distances are translation
     invariant; centring limits cancellation in ||a||^2 + ||b||^2 - 2ab)."""
-    T = torch.as_tensor(X).to(device=device, dtype=torch.float64)
-    return T - T.mean(dim=0, keepdim=True)
+    src = torch.as_tensor(X)
+    T = src.to(device=device, dtype=torch.float64)
+    if T.data_ptr() == src.data_ptr():  # no copy made: do not centre the caller's array in place
+        return T - T.mean(dim=0, keepdim=True)
+    return T.sub_(T.mean(dim=0, keepdim=True))
 
 
 def _dedup(X: np.ndarray) -> tuple[np.ndarray, int]:
     """Indices of the first occurrence of each distinct row (original order)
-    and the number of rows removed, via ``np.unique(axis=0)``."""
-    _, first = np.unique(X, axis=0, return_index=True)
-    first = np.sort(first)
-    return first, len(X) - len(first)
+    and the number of rows removed. Rows are hashed (their bytes, with -0.0
+    read as 0.0, times random odd 64-bit multipliers, summed mod 2^64) and only
+    rows whose hash repeats are compared, so this is O(N D) instead of the
+    lexicographic sort of ``np.unique(axis=0)``; a hash collision between
+    different rows (probability ~N^2 / 2^64) falls back to ``np.unique``."""
+    n = len(X)
+    words = _row_words(X)
+    mult = np.random.default_rng(0).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    h = np.empty(n, dtype=np.uint64)
+    for s in range(0, n, 4096):
+        h[s:s + 4096] = (words[s:s + 4096].astype(np.uint64) * mult).sum(axis=1)
+    _, first_of, inverse = np.unique(h, return_index=True, return_inverse=True)
+    rep = first_of[inverse.ravel()]
+    dup = np.flatnonzero(rep != np.arange(n))
+    if not np.array_equal(words[dup], words[rep[dup]]):
+        _, first = np.unique(X, axis=0, return_index=True)
+        first = np.sort(first)
+        return first, n - len(first)
+    first = np.flatnonzero(rep == np.arange(n))
+    return first, n - len(first)
+
+
+def _row_words(X: np.ndarray) -> np.ndarray:
+    """The rows of ``X`` as unsigned integer words (bit patterns; -0.0 as 0.0)."""
+    X = np.ascontiguousarray(X)
+    if X.dtype.kind == "f":
+        X = X + X.dtype.type(0)  # -0.0 + 0.0 = 0.0, as np.unique compares
+    raw = X.view(np.uint8).reshape(len(X), -1)
+    for word in (np.uint64, np.uint32, np.uint16):
+        if raw.shape[1] % np.dtype(word).itemsize == 0:
+            return raw.view(word)
+    return raw
 
 
 def _subsample(idx: np.ndarray, max_points: int | None, seed: int) -> np.ndarray:
@@ -80,59 +122,199 @@ def _check_convention(convention: str) -> None:
 # --------------------------------------------------------------------------
 # exact k nearest neighbours
 # --------------------------------------------------------------------------
-def _candidates(X32: torch.Tensor, sq32: torch.Tensor, rows: slice, m: int) -> torch.Tensor:
-    """Indices of the ``m`` smallest float32 squared distances of ``rows``
-    to all points (self excluded) -- candidate set for exact refinement."""
-    d2 = sq32[rows, None] + sq32[None, :] - 2.0 * (X32[rows] @ X32.T)
-    r = torch.arange(rows.start, rows.stop, device=X32.device)
-    d2[r - rows.start, r] = float("inf")
-    return torch.topk(d2, m, dim=1, largest=False, sorted=False).indices
+def _margin(n: int, k: int) -> int:
+    """Candidates kept per point: ``k + max(16, k // 4)``, at most ``n - 1``."""
+    return min(n - 1, k + max(16, k // 4))
 
 
-def _exact_dist(X64: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor,
-                budget: int = 1 << 20) -> torch.Tensor:
-    """Exact float64 distances ||x_rows - x_cand|| (difference form), chunked
-    so at most ``budget`` float64 entries are materialised."""
-    m, D = cand.shape[1], X64.shape[1]
-    step = max(1, budget // max(1, m * D))
-    out = torch.empty(cand.shape, dtype=torch.float64, device=X64.device)
-    for s in range(0, len(rows), step):
-        diff = X64[rows[s:s + step], None, :] - X64[cand[s:s + step]]
-        out[s:s + step] = torch.linalg.vector_norm(diff, dim=-1)
+def _faiss_threads() -> int:
+    """Threads for faiss: ``OMP_NUM_THREADS`` when set, else every usable core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+
+
+def _candidates_faiss(X32: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """faiss ``IndexFlatL2`` search for the ``m + 1`` nearest rows of every row
+    (float32). Returns the float32 squared distances and indices with the row
+    itself removed by index (a duplicate may come before it; where it is not
+    among the ``m + 1``, the last one is dropped), each ``(n, m)`` ascending,
+    and the largest squared distance returned per row, a lower bound (in
+    float32) for every row not returned."""
+    d2, ind = _faiss_search(X32, m + 1)
+    keep = ind != np.arange(len(X32))[:, None]
+    keep[keep.all(axis=1), -1] = False
+    return d2[keep].reshape(-1, m), ind[keep].reshape(-1, m).astype(np.int64), d2[:, -1]
+
+
+def _faiss_search(X32: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``IndexFlatL2(X32).search(X32, k)`` on every usable core (``OMP_NUM_THREADS``
+    when set). faiss' OpenMP thread count is put back to 1 afterwards: left at
+    2 it made the torch code that follows (the pointwise TwoNN) up to 40x slower
+    on a 2-core machine, the two libraries' OpenMP threads competing."""
+    import faiss
+
+    faiss.omp_set_num_threads(_faiss_threads())
+    try:
+        index = faiss.IndexFlatL2(X32.shape[1])
+        index.add(X32)
+        return index.search(X32, k)
+    finally:
+        faiss.omp_set_num_threads(1)
+
+
+def _candidates_torch(X32: torch.Tensor, m: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same contract as :func:`_candidates_faiss`, blockwise ``torch.topk`` on
+    ``||a||^2 + ||b||^2 - 2 a.b`` in float32 (for CUDA), self masked by index."""
+    n = len(X32)
+    sq = (X32 * X32).sum(dim=1)
+    d2 = np.empty((n, m), dtype=np.float32)
+    ind = np.empty((n, m), dtype=np.int64)
+    last = np.empty(n, dtype=np.float32)
+    for s in range(0, n, block):
+        rows = slice(s, min(s + block, n))
+        d = sq[rows, None] + sq[None, :] - 2.0 * (X32[rows] @ X32.T)
+        r = torch.arange(rows.start, rows.stop, device=X32.device)
+        d[r - rows.start, r] = float("inf")
+        v, i = torch.topk(d, min(m + 1, n - 1), dim=1, largest=False, sorted=True)
+        d2[rows], ind[rows] = v[:, :m].cpu().numpy(), i[:, :m].cpu().numpy()
+        last[rows] = v[:, -1].cpu().numpy()
+    return d2, ind, last
+
+
+def _unit_roundoff(dev: torch.device) -> float:
+    """Unit roundoff of the candidate search's float32 products (TF32 when enabled on CUDA)."""
+    matmul = torch.backends.cuda.matmul
+    tf32 = dev.type == "cuda" and (matmul.allow_tf32 or getattr(matmul, "fp32_precision", "") == "tf32")
+    return 2.0 ** -11 if tf32 else 2.0 ** -24
+
+
+def _exact_sq(X64: torch.Tensor, sq: torch.Tensor, crow: torch.Tensor, rows: torch.Tensor,
+              cols: torch.Tensor, lo: int = 0) -> torch.Tensor:
+    """Exact float64 squared distances of the pairs ``(rows[p], cols[p])`` (CSR
+    over rows ``lo .. lo + len(crow) - 2``: row ``lo + i``'s pairs are
+    ``crow[i]:crow[i + 1]``, ``cols`` ascending within a row):
+    ``||a||^2 + ||b||^2 - 2 a.b`` on centred data, the dot
+    products by ``torch.sparse.sampled_addmm`` (only the requested entries of
+    X X^T, no (pairs, D) temporaries); pairs where cancellation could cost more
+    than ~1e-12 relative (``||a||^2 + ||b||^2 > 1e4 d^2``, duplicates included)
+    are recomputed as ``||a - b||^2``."""
+    n, nr = len(X64), len(crow) - 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=X64.dtype, device=X64.device),
+                                          size=(nr, n), check_invariants=False)
+    dot = torch.sparse.sampled_addmm(pattern, X64[lo:lo + nr], X64.T, beta=0.0).values()
+    norms = sq[rows] + sq[cols]
+    d2 = (norms - 2.0 * dot).clamp_min_(0.0)
+    bad = (norms > 1e4 * d2).nonzero().squeeze(1)
+    for s in range(0, len(bad), 4096):
+        p = bad[s:s + 4096]
+        d2[p] = (X64[rows[p]] - X64[cols[p]]).square().sum(dim=1)
+    return d2
+
+
+def _exact_sq_blocks(X64: torch.Tensor, sq: torch.Tensor, crow: np.ndarray, rows: np.ndarray,
+                     cols: np.ndarray, n_threads: int) -> np.ndarray:
+    """:func:`_exact_sq` of all pairs (numpy CSR ``crow``/``rows``/``cols``), on CPU
+    split into contiguous row blocks of about equal pair counts run on ``n_threads``
+    threads (see :func:`_thread_map`); each pair's value is computed the same way
+    whatever the split."""
+    dev = X64.device
+    if dev.type != "cpu" or n_threads <= 1:
+        with _one_cpu_thread(dev):
+            return _exact_sq(X64, sq, *(torch.from_numpy(a).to(dev) for a in (crow, rows, cols))).cpu().numpy()
+    n, npairs = len(X64), int(crow[-1])
+    cuts = np.searchsorted(crow, np.linspace(0, npairs, 4 * n_threads + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], cuts, [n]]))
+    out = np.empty(npairs)
+
+    def work(ab: tuple[int, int]) -> None:
+        a, b = ab
+        p0, p1 = int(crow[a]), int(crow[b])
+        if p1 > p0:
+            out[p0:p1] = _exact_sq(X64, sq, torch.from_numpy(crow[a:b + 1] - p0), torch.from_numpy(rows[p0:p1]),
+                                   torch.from_numpy(cols[p0:p1]), lo=a).numpy()
+
+    _thread_map(work, list(zip(bounds[:-1].tolist(), bounds[1:].tolist())), n_threads)
     return out
 
 
-def knn(X: ArrayLike, k: int, block: int = 4096,
-        device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _brute_rows(X64: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN of ``rows`` against all points by float64 difference form
+    (the fallback where the candidate set cannot be shown to hold the k nearest)."""
+    dist = np.empty((len(rows), k))
+    ind = np.empty((len(rows), k), dtype=np.int64)
+    for j, r in enumerate(rows.tolist()):
+        d = torch.linalg.vector_norm(X64 - X64[r], dim=1).cpu().numpy()
+        d[r] = np.inf
+        order = np.argsort(d, kind="stable")[:k]
+        dist[j], ind[j] = d[order], order
+    return dist, ind
+
+
+def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | None = None,
+        n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact Euclidean k nearest neighbours of every row, the row itself excluded.
 
-    Candidates are selected blockwise with ``torch.topk`` on float32 squared
-    distances ``||a||^2 + ||b||^2 - 2 a.b`` (data centred first), keeping
-    ``m = k + max(16, k // 4)`` candidates as a safety margin against float32
-    rounding; their distances are then recomputed exactly in float64 as
-    ``||a - b||`` and the best ``k`` kept. Memory is O(block * N), not O(N^2).
+    1. Candidates, in float32 on the centred data: ``m = k + max(16, k // 4)``
+       nearest rows of each row, by faiss ``IndexFlatL2`` on CPU (Johnson,
+       Douze & Jegou, 2019, "Billion-scale similarity search with GPUs",
+       IEEE Trans. Big Data; BLAS ``||a||^2 + ||b||^2 - 2 a.b`` plus a heap),
+       by blockwise ``torch.topk`` on the same identity on CUDA (memory
+       O(block * N)). The row itself is removed by index, not by distance.
+    2. A float32 squared distance is within ``e = (D + 8) u (||a|| + ||b||)^2``
+       of the exact one (u the unit roundoff; the standard dot-product bound,
+       Higham 2002, section 3.1). Let U be the k-th smallest ``d32 + e`` among
+       the candidates: only candidates with ``d32 - e <= U`` can be among the
+       k nearest, and their distances are computed exactly in float64 (see
+       :func:`_exact_sq`). Rows whose non-candidates cannot be excluded the
+       same way (many near-ties, duplicates beyond the margin) are redone by
+       float64 brute force.
+    3. The k nearest by (exact distance, index), so ties go to the lower index.
 
-    Returns ``(distances, indices)``, each ``(N, k)``, sorted ascending
+    ``block`` is the number of rows per block of the torch (CUDA) search.
+    ``n_threads`` (CPU; default: ``OMP_NUM_THREADS`` when set, else every
+    usable core) is the number of threads of the float64 re-check, each
+    running torch on one thread over a contiguous block of rows (the result
+    does not depend on it). Returns ``(distances, indices)``, each ``(N, k)``, sorted ascending
     (distances float64, indices int64).
     """
     Xn = _as_numpy(X)
-    n = len(Xn)
+    n, D = Xn.shape
     if not 1 <= k <= n - 1:
         raise ValueError(f"need 1 <= k <= n_samples - 1, got k={k}, n={n}")
     dev = _device(device)
     X64 = _as_centered64(Xn, dev)
-    X32 = X64.float()
-    sq32 = (X32 * X32).sum(dim=1)
-    m = min(n - 1, k + max(16, k // 4))
-    dist = np.empty((n, k), dtype=np.float64)
-    ind = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, block):
-        rows = slice(s, min(s + block, n))
-        cand = _candidates(X32, sq32, rows, m)
-        d = _exact_dist(X64, torch.arange(rows.start, rows.stop, device=dev), cand)
-        d, order = torch.sort(d, dim=1, stable=True)
-        dist[rows] = d[:, :k].cpu().numpy()
-        ind[rows] = torch.gather(cand, 1, order[:, :k]).cpu().numpy()
+    m = _margin(n, k)
+    if dev.type == "cpu":
+        d32, cand, last = _candidates_faiss(X64.numpy().astype(np.float32), m)
+    else:
+        d32, cand, last = _candidates_torch(X64.float(), m, block)
+    sq = (X64 * X64).sum(dim=1)
+    norm = sq.sqrt().cpu().numpy()
+    u = (D + 8) * _unit_roundoff(dev)
+    err = u * (norm[:, None] + norm[cand]) ** 2
+    upper = np.partition(d32 + err, k - 1, axis=1)[:, k - 1:k]
+    need = d32 - err <= upper
+    unsure = np.zeros(n, dtype=bool) if m == n - 1 else \
+        last - u * (norm + norm.max()) ** 2 <= upper[:, 0]
+    order = np.argsort(cand, axis=1)  # by index: the stable sort below breaks ties by index
+    cand, need = np.take_along_axis(cand, order, 1), np.take_along_axis(need, order, 1)
+    rows, at = np.nonzero(need)
+    cols = cand[rows, at]
+    crow = np.concatenate([[0], np.cumsum(need.sum(axis=1))])
+    d2 = _exact_sq_blocks(X64, sq, crow, rows, cols, _n_threads(n_threads, dev))
+    pos = (np.cumsum(need, axis=1) - 1)[rows, at]
+    width = int(pos.max()) + 1
+    full_d = np.full((n, width), np.inf)
+    full_i = np.zeros((n, width), dtype=np.int64)
+    full_d[rows, pos], full_i[rows, pos] = d2, cols
+    top = np.argsort(full_d, axis=1, kind="stable")[:, :k]
+    dist = np.sqrt(np.take_along_axis(full_d, top, 1))
+    ind = np.take_along_axis(full_i, top, 1)
+    redo = np.flatnonzero(unsure)
+    if len(redo):
+        dist[redo], ind[redo] = _brute_rows(X64, redo, k)
     return dist, ind
 
 
@@ -221,74 +403,147 @@ class TwoNN:
 # --------------------------------------------------------------------------
 # pointwise (local) TwoNN
 # --------------------------------------------------------------------------
-def _first_two(member: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions of the first two entries of each row of ``lists`` (B, m, w) that
-    are set in ``member`` (B, N), and whether both exist."""
-    B, m, w = lists.shape
-    hit = torch.gather(member, 1, lists.reshape(B, m * w)).reshape(B, m, w).to(torch.uint8)
-    first = torch.argmax(hit, dim=-1, keepdim=True)
-    ok = torch.gather(hit, -1, first)
-    hit.scatter_(-1, first, 0)
-    second = torch.argmax(hit, dim=-1, keepdim=True)
-    ok = (ok & torch.gather(hit, -1, second)).squeeze(-1).bool()
-    return first.squeeze(-1), second.squeeze(-1), ok
-
-
-def _mu_from_lists(X64: torch.Tensor, dist: torch.Tensor, ind: torch.Tensor,
-                   rows: torch.Tensor, prefix: int = 32) -> torch.Tensor:
+def _mu_from_lists(X: np.ndarray, dist: torch.Tensor, ind: torch.Tensor, rows: torch.Tensor,
+                   member: torch.Tensor, widths: tuple[int, ...] = (8, 16, 32, 64)) -> torch.Tensor:
     """mu = r2 / r1 of every member z of the neighbourhoods N_k(x), x in ``rows``,
     read off the global sorted kNN lists instead of recomputing distances.
 
     ``dist``/``ind`` (N, k) are every point's exact k nearest neighbours,
     ascending. Within N_k(x), the nearest and second nearest other members of z
     are the first two entries of z's own list L(z) that belong to N_k(x): L(z)
-    holds every point closer to z than its last entry, in order. The first
-    ``prefix`` entries of L(z) are searched first, the whole list where they
-    hold fewer than two members, and the few members whose whole list holds
-    fewer than two are done by brute force against the k members. Exact, and
-    O(k * prefix) lookups per point instead of O(k^2 D) arithmetic.
+    holds every point closer to z than its last entry, in order. Membership is
+    a lookup in ``member``, a zeroed flat (len(rows) * N) bitmap that is set for
+    the batch and cleared again. L(z) is scanned in slices (positions 0-7,
+    8-15, 16-31, 32-63, then the rest), each pair (x, z) only until two members
+    are found; the few z whose whole list holds fewer than two members are done
+    by float64 brute force against the k members (``X``). Exact, and O(k s)
+    lookups per point, s the mean position of the second member (~15 at
+    k = 100 in 20 dimensions), instead of O(k^2 D) arithmetic.
     """
-    S = ind[rows]                                            # (B, k) members
-    B, k = S.shape
-    member = torch.zeros(B, len(ind), dtype=torch.bool, device=ind.device)
-    member.scatter_(1, S, True)
-    first, second, ok = _first_two(member, ind[S, :prefix])
-    if not ok.all():
-        b, j = (~ok).nonzero(as_tuple=True)
-        f, s, o = _first_two(member[b], ind[S[b, j]][:, None, :])
-        first[b, j], second[b, j], ok[b, j] = f[:, 0], s[:, 0], o[:, 0]
-    flat = dist.reshape(-1)
-    r1, r2 = flat[S * k + first], flat[S * k + second]
-    if not ok.all():
-        b, j = (~ok).nonzero(as_tuple=True)
-        d = torch.linalg.vector_norm(X64[S[b]] - X64[S[b, j]][:, None, :], dim=-1)  # (F, k)
-        d[torch.arange(len(j), device=d.device), j] = float("inf")
+    N, k = ind.shape
+    dev = ind.device
+    S = ind[rows]                                                     # (B, k) members
+    base = torch.arange(len(rows), device=dev)[:, None] * N          # row offset in the bitmap
+    flat_members = (base + S).reshape(-1)
+    member[flat_members] = True
+    z = S.reshape(-1)                                                 # (B k,) pairs (x, z)
+    zbase = base.expand(-1, k).reshape(-1)
+    pos = torch.zeros(2, len(z), dtype=torch.int64, device=dev)      # first, second member positions
+    found = torch.zeros(len(z), dtype=torch.int64, device=dev)
+    todo = torch.arange(len(z), device=dev)
+    bounds = [0, *[w for w in widths if w < k], k]
+    for p0, p1 in zip(bounds[:-1], bounds[1:]):
+        hit = member[zbase[todo, None] + ind[z[todo], p0:p1]]          # (P, p1 - p0)
+        r, c = hit.nonzero(as_tuple=True)
+        count = torch.bincount(r, minlength=len(todo))
+        start = torch.cumsum(count, 0) - count
+        for nth in (0, 1):                                            # nth hit in this slice
+            sel = (count > nth).nonzero().squeeze(1)
+            slot = found[todo[sel]] + nth
+            keep = slot < 2
+            sel, slot = sel[keep], slot[keep]
+            pos[slot, todo[sel]] = c[start[sel] + nth] + p0
+        found[todo] = (found[todo] + count).clamp_max_(2)
+        todo = todo[found[todo] < 2]
+        if len(todo) == 0:
+            break
+    member[flat_members] = False
+    r1, r2 = dist[z, pos[0]], dist[z, pos[1]]
+    if len(todo):
+        b, j = todo // k, todo % k
+        Xs = torch.as_tensor(X[S[b].cpu().numpy()], dtype=torch.float64, device=dev)  # (F, k, D)
+        d = torch.linalg.vector_norm(Xs - Xs[torch.arange(len(j), device=dev), j][:, None, :], dim=-1)
+        d[torch.arange(len(j), device=dev), j] = float("inf")
         two = torch.topk(d, 2, dim=-1, largest=False, sorted=True).values
-        r1[b, j], r2[b, j] = two[:, 0], two[:, 1]
-    return (r2 / r1.clamp_min(_TINY)).clamp_min(1.0)
+        r1[todo], r2[todo] = two[:, 0], two[:, 1]
+    return (r2 / r1.clamp_min(_TINY)).clamp_min(1.0).reshape(len(rows), k)
 
 
 def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
                          discard_fraction: float = 0.1, convention: Convention = "skdim-0.5",
-                         batch_size: int = 512, device: str | None = None) -> np.ndarray:
+                         batch_size: int = 512, device: str | None = None,
+                         n_threads: int | None = None) -> np.ndarray:
     """Pointwise TwoNN given every point's exact sorted kNN (``knn(X, k)``):
-    LID(x) = TwoNN slope of the ratios mu_z, z in N_k(x) (see :class:`LocalTwoNN`)."""
+    LID(x) = TwoNN slope of the ratios mu_z, z in N_k(x) (see :class:`LocalTwoNN`).
+    On CPU the batches of rows run on ``n_threads`` threads (default as
+    :func:`knn`), each with torch on one thread and its own membership bitmap;
+    the result does not depend on ``n_threads``."""
     _check_convention(convention)
     dev = _device(device)
-    X64 = _as_centered64(_as_numpy(X), dev)
+    Xn = _as_numpy(X)
     D, I = torch.as_tensor(dist, device=dev), torch.as_tensor(ind, device=dev)
-    out = [
-        twonn_from_mu(_mu_from_lists(X64, D, I, torch.arange(s, min(s + batch_size, len(I)), device=dev)),
-                      discard_fraction, convention)
-        for s in range(0, len(I), batch_size)
-    ]
+    # rows per batch: at most batch_size, and on CPU a membership bitmap of at most
+    # 4 MiB, so its random lookups hit the cache (at N = 100,000 a 51 MB bitmap made
+    # the lookups DRAM-latency bound, ~10x slower)
+    step = min(batch_size, len(I)) if dev.type != "cpu" else max(1, min(batch_size, 2**22 // len(I)))
+    local = threading.local()
+
+    def work(s: int) -> torch.Tensor:
+        if not hasattr(local, "member"):
+            local.member = torch.zeros(step * len(I), dtype=torch.bool, device=dev)
+        rows = torch.arange(s, min(s + step, len(I)), device=dev)
+        return twonn_from_mu(_mu_from_lists(Xn, D, I, rows, local.member), discard_fraction, convention)
+
+    starts = list(range(0, len(I), step))
+    if dev.type != "cpu":
+        out = [work(s) for s in starts]
+    else:
+        out = _thread_map(work, starts, _n_threads(n_threads, dev))
     return torch.cat(out).cpu().numpy()
+
+
+def _n_threads(n_threads: int | None, dev: torch.device) -> int:
+    """Threads for the CPU steps after the candidate search: ``n_threads`` when
+    given, else as faiss (``OMP_NUM_THREADS`` when set, else every usable core);
+    1 on CUDA."""
+    if dev.type != "cpu":
+        return 1
+    if n_threads is None:
+        return _faiss_threads()
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    return n_threads
+
+
+def _thread_map(fn: Callable[[_T], object], items: Sequence[_T], n_threads: int) -> list:
+    """``[fn(x) for x in items]`` on ``n_threads`` Python threads (torch kernels
+    release the GIL), each running torch on ONE thread: torch's own OpenMP team
+    per op ran 10x slower whenever another process held a core (2-core machine),
+    while independent single-threaded workers only share the cores. The caller's
+    torch thread setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if n_threads <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        # OpenMP's thread count is per thread: set it in every worker too
+        with ThreadPoolExecutor(min(n_threads, len(items)), initializer=torch.set_num_threads,
+                                initargs=(1,)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _one_cpu_thread(dev: torch.device) -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (no-op for CUDA). The pointwise
+    step is thousands of small memory-bound gathers; with an OpenMP team per op
+    it ran 10x slower whenever another process held a core (2-core machine)."""
+    if dev.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class LocalTwoNN:
     """Pointwise TwoNN on kNN neighbourhoods (Ruppik et al., 2025, arXiv:2506.01034).
 
-    Pipeline: drop duplicate rows (``np.unique(axis=0)``, first occurrence
+    Pipeline: drop duplicate rows (bitwise equal, see :func:`_dedup`; first occurrence
     kept, count in ``n_duplicates_``); subsample to ``max_points`` rows
     (seeded, without replacement); for each remaining point x take its
     ``n_neighbors`` nearest neighbours N_k(x) (x itself excluded, as
@@ -296,6 +551,8 @@ class LocalTwoNN:
     for every member z of N_k(x), mu_z = r2(z) / r1(z) with r1, r2 the
     distances to z's 1st and 2nd nearest neighbours within N_k(x); then
     LID(x) = slope of -log(1 - F_i) on log(mu_(i)) (see :func:`twonn_from_mu`).
+    ``n_threads``: CPU threads of the steps after the faiss search (see
+    :func:`knn`; default every usable core); results do not depend on it.
 
     Attributes
     ----------
@@ -309,7 +566,7 @@ class LocalTwoNN:
     def __init__(self, n_neighbors: int = 128, discard_fraction: float = 0.1,
                  convention: Convention = "skdim-0.5", max_points: int | None = 60000,
                  seed: int = 0, batch_size: int = 512, block: int = 4096,
-                 device: str | None = None) -> None:
+                 device: str | None = None, n_threads: int | None = None) -> None:
         self.n_neighbors = n_neighbors
         self.discard_fraction = discard_fraction
         self.convention = convention
@@ -318,6 +575,7 @@ class LocalTwoNN:
         self.batch_size = batch_size
         self.block = block
         self.device = device
+        self.n_threads = n_threads
 
     def fit(self, X: ArrayLike, y: None = None) -> "LocalTwoNN":
         _check_convention(self.convention)
@@ -326,9 +584,11 @@ class LocalTwoNN:
         first, self.n_duplicates_ = _dedup(Xn)
         self.sample_indices_ = _subsample(first, self.max_points, self.seed)
         Xs = Xn[self.sample_indices_]
-        dist, self.neighbors_ = knn(Xs, self.n_neighbors, block=self.block, device=self.device)
+        dist, self.neighbors_ = knn(Xs, self.n_neighbors, block=self.block, device=self.device,
+                                    n_threads=self.n_threads)
         self.dimension_pw_ = local_twonn_from_knn(Xs, dist, self.neighbors_, self.discard_fraction,
-                                                  self.convention, self.batch_size, self.device)
+                                                  self.convention, self.batch_size, self.device,
+                                                  self.n_threads)
         self.dimension_ = float(self.dimension_pw_.mean())
         return self
 
@@ -359,10 +619,11 @@ class MLE:
     """
 
     def __init__(self, n_neighbors: int = 20, block: int = 4096,
-                 device: str | None = None) -> None:
+                 device: str | None = None, n_threads: int | None = None) -> None:
         self.n_neighbors = n_neighbors
         self.block = block
         self.device = device
+        self.n_threads = n_threads
 
     def fit(self, X: ArrayLike, y: None = None) -> "MLE":
         if self.n_neighbors < 2:
@@ -370,7 +631,7 @@ class MLE:
         Xn = _as_numpy(X)
         self.sample_indices_, self.n_duplicates_ = _dedup(Xn)
         T, _ = knn(Xn[self.sample_indices_], self.n_neighbors, block=self.block,
-                   device=self.device)
+                   device=self.device, n_threads=self.n_threads)
         T = np.maximum(T, np.finfo(np.float64).tiny)
         inv = np.log(T[:, -1:] / T[:, :-1]).mean(axis=1)  # 1 / m_k(x)
         inv = np.maximum(inv, np.finfo(np.float64).tiny)
