@@ -33,6 +33,9 @@ class Arch:
     MLP itself where there is none (OLMo-2 normalises the sublayer outputs instead).
     ``flat_ffn``: the block flattens ``(batch, position, d)`` to ``(batch * position, d)`` before
     ``ln2`` and the FFN (OPT); hook points there are reshaped back to three axes.
+    ``lm_head``: candidate paths from the top model to the module that turns the final hidden
+    states into logits (:func:`logits_from_hidden`): the output embeddings of the decoders, BERT's
+    ``cls`` and RoBERTa's ``lm_head`` (a dense/act/LayerNorm transform, then the decoder).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Arch:
     sequential: bool = True
     causal: bool = True
     flat_ffn: bool = False
+    lm_head: tuple[str, ...] = ("lm_head",)
 
     @property
     def gated(self) -> bool:
@@ -146,6 +150,7 @@ ADAPTERS: tuple[Arch, ...] = (
         final_norm=(),
         sequential=False,
         causal=False,
+        lm_head=("cls", "lm_head"),
     ),
 )
 
@@ -210,6 +215,41 @@ def decoder_layers(model: nn.Module, arch: Arch | None = None) -> nn.ModuleList:
 def final_norm(model: nn.Module, arch: Arch | None = None) -> nn.Module:
     arch = arch or arch_for(model)
     return _first_path(model, arch.final_norm, "final norm")
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (``get_base_model()``), else ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The final hidden states ``(batch, position, d)``, the input of the LM head: the base model's
+    ``last_hidden_state`` (``model.base_model``, after its final norm and, in OPT, ``project_out``),
+    computed without a key/value cache. ``logits_from_hidden(model, final_hidden(model, ids))`` is
+    ``model(ids).logits``, bit for bit, on every family in ``ADAPTERS``; a peft-wrapped model is
+    unwrapped first (its adapters stay in the modules)."""
+    return unwrapped(model).base_model(input_ids=input_ids, use_cache=False)[0]
+
+
+def lm_head(model: nn.Module, arch: Arch | None = None) -> nn.Module:
+    """The module that turns final hidden states into logits (:attr:`Arch.lm_head`)."""
+    arch = arch or arch_for(model)
+    return _first_path(model, arch.lm_head, "LM head")
+
+
+def logits_from_hidden(model: nn.Module, hidden: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+    """Logits of final hidden states ``hidden`` (any leading shape, e.g. a chunk of tokens
+    ``(n, d)``): the LM head, then ``cap * tanh(logits / cap)`` where the config sets
+    ``final_logit_softcapping`` (Gemma 2/3 text models; the multimodal Gemma 3 applies none), the
+    same operations in the same order as the ``*ForCausalLM`` forward, so rows are bit-identical."""
+    model = unwrapped(model)
+    logits = lm_head(model, arch)(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = logits / cap
+        logits = torch.tanh(logits)
+        logits = logits * cap
+    return logits
 
 
 def n_layers(model: nn.Module) -> int:

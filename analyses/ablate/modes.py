@@ -55,6 +55,13 @@ class Mode:
     def steps(self, model: nn.Module, plan: Plan, seq_len: int) -> list[Step]:
         raise NotImplementedError
 
+    def first_layer(self, plan: Plan) -> int:
+        """The first block whose computation ``plan`` changes: blocks in front of it compute what
+        they compute without the plan (shared by :func:`analyses.ablate.run.run_plans`). Every mode
+        here edits block ``plan.layer``: its FFN weights, or its output (the residual edits hook
+        ``blocks.{layer}.hook_resid_post``, so block ``layer`` must still run)."""
+        return plan.layer
+
 
 def mode(name: str) -> Callable[[type[Mode]], type[Mode]]:
     """Register the decorated :class:`Mode` subclass under ``name``."""

@@ -4,6 +4,13 @@ and restored, as one :class:`Ablation` table.
 With ``backend="nnsight"`` (and ``remote``, for NDIF or its offline simulation) the plans run as
 interventions inside the trace instead of weight edits, with the same results
 (:mod:`analyses.ablate.traced`).
+
+Shared prefixes (``run_plans(..., share_prefix=True)``, the default): a plan that first changes
+block ``L`` (:meth:`analyses.ablate.modes.Mode.first_layer`) leaves blocks ``0..L-1`` as they are,
+so the baseline's forwards record the residual stream entering each such ``L`` once per batch and
+the plan's forwards run blocks ``L..`` only (:class:`probe.prefix.SharedPrefix`). The table is the
+same, float for float; not with ``tasks`` (lm-eval runs its own forwards), the nnsight backend, or
+an offloaded (``device_map``) model, which run full forwards.
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from analyses.evaluate.likelihood import perplexity
+from probe.arch import n_layers
 from probe.backends import check_backend
 from probe.display import Figured
 from probe.errors import ProbeError
 from analyses.ablate.data import Plan
+from analyses.ablate.modes import get_mode
 from analyses.ablate.weights import applied
+from probe.prefix import SharedPrefix, can_share
 
 
 NO_TASKS = ("zero-shot tasks run lm-eval on a model in this process; with backend nnsight (or remote) "
@@ -70,13 +80,15 @@ def tabulate(baseline: dict[str, Any], plans: list[Plan], measured: list[dict[st
 
 def run_plans(model: nn.Module, eval_windows: torch.Tensor, plans: list[Plan], progress: Callable[[int], None] | None = None,
               tokenizer: Any = None, tasks: list[str] | None = None, limit: int | None = None,
-              backend: str = "torch", remote: bool | str = False, per_request: int = 1) -> Ablation:
+              backend: str = "torch", remote: bool | str = False, per_request: int = 1,
+              share_prefix: bool = True) -> Ablation:
     """Baseline, then each plan applied, evaluated (perplexity; zero-shot accuracy on ``tasks``
     through lm-eval when given) and restored: a tidy table, one row per plan.
     :func:`analyses.ablate.on_ray.run_plans_ray` gives the same table, the plans spread over Ray workers;
     ``backend="nnsight"`` with ``remote`` gives it for a model on NDIF (see :func:`measure`),
     ``per_request`` (plan, batch) jobs per request
-    (:func:`analyses.ablate.traced.traced_perplexities`)."""
+    (:func:`analyses.ablate.traced.traced_perplexities`). ``share_prefix``: run the blocks in front
+    of each plan's first edited layer once, in the baseline (module docstring); the same table."""
     backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
     if backend == "nnsight":
         from analyses.ablate.traced import traced_perplexities
@@ -87,12 +99,18 @@ def run_plans(model: nn.Module, eval_windows: torch.Tensor, plans: list[Plan], p
                                     per_request=per_request, progress=progress)
         return tabulate(found[0].to_dict(), plans, [p.to_dict() for p in found[1:]])
     opts = dict(tokenizer=tokenizer, tasks=tasks, limit=limit, backend=backend, remote=remote)
-    baseline = measure(model, eval_windows, None, **opts)
+    first = [get_mode(plan.mode).first_layer(plan) for plan in plans]
+    sharing = share_prefix and not tasks and can_share(model)
+    layers = {L for L in first if 0 < L < n_layers(model)} if sharing else set()
+    shared = SharedPrefix(model, layers) if layers else None
+    with shared.recording() if shared else nullcontext():
+        baseline = measure(model, eval_windows, None, **opts)
     if progress:
         progress(1)
     measured = []
-    for plan in plans:
-        measured.append(measure(model, eval_windows, plan, **opts))
+    for plan, layer in zip(plans, first):
+        with shared.replaying(layer) if shared and layer in layers else nullcontext():
+            measured.append(measure(model, eval_windows, plan, **opts))
         if progress:
             progress(1)
     return tabulate(baseline, plans, measured)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.arch import arch_for, n_layers, weight_view
+from probe.arch import arch_for, n_layers, unwrapped, weight_view
 from probe.errors import LayerError, ProbeError
 
 SCHEDULES = ("step", "exp", "constant", "none")
@@ -60,7 +60,7 @@ def schedule(kind: str, p0: float = 0.8, total_steps: int = 1, alpha: float = 0.
 def base_model(model: nn.Module) -> nn.Module:
     """The transformers model under a peft wrapper (or the model itself). The adapters are
     injected in it, so its forward is the adapted model's; hooks and lm-eval see it."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return unwrapped(model)
 
 
 class MacDrop:
