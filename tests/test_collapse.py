@@ -450,3 +450,24 @@ def test_bootstrap_replicate_is_the_weighted_merge() -> None:
         assert lo == pytest.approx(ref[k], rel=1e-10) and hi == pytest.approx(ref[k], rel=1e-10), k
     with pytest.raises(ValueError, match="level"):
         bootstrap_intervals(groups, level=1.5)
+
+
+def test_jackknife_intervals_by_hand():
+    """theta +- t_{G-1} * sqrt((G-1)/G * sum (theta_i - mean theta_i)^2), theta_i leaving group i out."""
+    from scipy.stats import t as student
+
+    from analyses.geometry.collapse import jackknife_intervals
+
+    rng = np.random.default_rng(11)
+    X, y = rng.normal(size=(400, 6)), rng.integers(0, 5, size=400)
+    W = rng.normal(size=(5, 6))
+    groups = [CollapseStats().fit(X[i::4], y[i::4]) for i in range(4)]
+    got = jackknife_intervals(groups, level=0.9, classifier=W)
+    full = CollapseStats().fit(X, y).metrics(classifier=W)
+    loo = [CollapseStats().fit(np.concatenate([X[j::4] for j in range(4) if j != i]),
+                               np.concatenate([y[j::4] for j in range(4) if j != i])).metrics(classifier=W) for i in range(4)]
+    q = student.ppf(0.95, 3)
+    for key in ("nc1", "cdnv", "gnc2", "unc3", "fisher_ratio"):
+        vals = np.array([m[key] for m in loo])
+        se = np.sqrt(3 / 4 * ((vals - vals.mean()) ** 2).sum())
+        assert got[key] == pytest.approx((full[key] - q * se, full[key] + q * se), rel=1e-8)

@@ -403,3 +403,21 @@ def test_thread_map_restores_torch_threads() -> None:
 def test_n_threads_validated() -> None:
     with pytest.raises(ValueError, match="n_threads"):
         knn(np.random.default_rng(0).standard_normal((50, 3)), 5, n_threads=0)
+
+
+def test_massive_outliers_do_not_send_every_row_to_brute_force(monkeypatch):
+    """Hidden states with massive activations (a few rows with norms in the tens of thousands):
+    the rounding bound for the other rows uses only points that could be near them (reverse
+    triangle inequality), so just the outlier rows are redone by brute force, and the result is exact."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1500, 64))
+    X[:8, 5] += 2e4
+    redone = []
+    real = lid._brute_rows
+    monkeypatch.setattr(lid, "_brute_rows", lambda X64, rows, k: (redone.append(len(rows)), real(X64, rows, k))[1])
+    dist, ind = lid.knn(X, 20)
+    assert sum(redone) <= 8
+    D = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    np.fill_diagonal(D, np.inf)
+    np.testing.assert_array_equal(ind, np.argsort(D, axis=1, kind="stable")[:, :20])
+    np.testing.assert_allclose(dist, np.take_along_axis(D, ind, 1), rtol=1e-12)

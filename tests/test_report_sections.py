@@ -30,7 +30,8 @@ def run(smol):
 
 def test_registry_runs_the_chosen_sections_in_report_order(run):
     state, parts, bars = run
-    assert bars == [("scanning", 1)]  # massive only: no ablation, no geometry pass
+    assert bars == [("scanning", 2)]  # massive only (2 windows): no ablation, no geometry pass
+    assert set(state.results["timings"]) == {"scanning"} and state.geometry is None
     assert [p.title for p in parts] == ["Massive activations per layer", "Where the massive activations sit",
                                         "Massive weights and the super weight"]
     assert state.results["massive"] == state.scan.to_dict() and "origin_detail" in state.results
@@ -82,6 +83,32 @@ def test_lid_and_collapse_share_one_geometry_pass(smol):
     assert bars == [("geometry", 3)]
     assert [p.title for p in parts] == ["Local intrinsic dimension", "Neural collapse with next tokens as classes"]
     assert len(run.results["geometry"]["layers"]) == 30
+    assert [len(p.figures) for p in parts] == [2, 1]  # LID with its interval, and LID across scales (Gride)
     for part in parts:
-        (fig,) = part.figures
-        assert smol.name in fig.layout.title.text and fig.layout.yaxis.title.text and fig.layout.xaxis.title.text
+        for fig in part.figures:
+            assert smol.name in fig.layout.title.text and fig.layout.yaxis.title.text and fig.layout.xaxis.title.text
+
+
+def test_scan_and_geometry_share_one_forward_pass(smol, monkeypatch):
+    """With the massive section chosen, the geometry rides on the scan's pass: no second pass over
+    the windows (counted on the model's forward calls), the same numbers as a pass of its own."""
+    cfg = S.ReportConfig(n_seqs=3, seq_len=32, geometry_seqs=3, lid_points=60, lid_k=8, top_classes=16,
+                         compare_prepend=False, groups=1)
+    calls = []
+    handle = smol.model.register_forward_hook(lambda m, a, out: calls.append(a[0].shape if a else None))
+    try:
+        run = S.Run(smol, cfg, S.parse_sections(["massive", "lid"]))
+        S.run_sections(run, lambda label, total: _bar())
+    finally:
+        handle.remove()
+    batched = [c for c in calls if c is not None and c[0] > 1]
+    assert batched == [(3, 32)]  # one batch of the 3 windows; the rest are one-sequence re-runs of the scan
+    alone = S.Run(smol, cfg, S.parse_sections(["lid"]))
+    S.run_sections(alone, lambda label, total: _bar())
+    assert run.results["geometry"] == alone.results["geometry"]
+    assert set(run.results["timings"]) == {"scanning", "geometry"}
+
+
+@contextmanager
+def _bar():
+    yield lambda n: None

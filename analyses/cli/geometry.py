@@ -21,26 +21,59 @@ def geometry_cmd(
     k: int = typer.Option(128, "--k", help="Neighbours per token for the local TwoNN (paper: 128)."),
     top_classes: int = typer.Option(512, "--top-classes", help="Collapse classes: the most frequent next tokens (0: all)."),
     min_count: int = typer.Option(2, "--min-count", help="Collapse classes need at least this many samples."),
+    groups: int = typer.Option(5, "--groups", help="Groups of windows for the jackknife intervals of the collapse metrics "
+                                                  "(1: none; memory grows with it)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the per-token LID values (0: no interval)."),
+    ablate: Optional[list[str]] = typer.Option(None, "--ablate", help="Also the geometry of the model edited by a plan: "
+                                               "MODE[:K], e.g. zero:5, retain:5, random:5, super (repeatable)."),
     prepend: str = PrependOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Local intrinsic dimension and neural-collapse metrics of the residual stream, per layer."""
-    from analyses.geometry.layers import geometry
+    """Local intrinsic dimension and neural-collapse metrics of the residual stream, per layer, with
+    bootstrap intervals, LID across scales (Gride), and without the massive-activation tokens."""
+    from analyses.ablate.plans import make_plans
+    from analyses.geometry.layers import GeometryPass, under_ablation
+    from probe.data import load_corpus, token_windows
 
     from probe.errors import ProbeError
 
     if k < 2 or n_tokens <= k:
         raise ProbeError(f"need 2 <= --k < --n-tokens, got k={k}, n-tokens={n_tokens}")
+    specs = [parse_plan_spec(s) for s in ablate or []]
     chosen = parse_layers(layers)
     loaded = model.load()
-    with progress_bar(as_json, "capturing", n_seqs) as advance:
-        result = geometry(loaded.model, loaded.tokenizer, name=loaded.name, corpus=corpus, layers=chosen, n_seqs=n_seqs,
-                          seq_len=seq_len, lid_points=n_tokens, k=k, top_classes=top_classes or None,
-                          min_count=min_count, progress=advance, prepend=prepend)
+    windows = token_windows(loaded.tokenizer, load_corpus(corpus), seq_len=seq_len, n_seqs=n_seqs, prepend=prepend)
+    options = dict(layers=chosen, lid_points=n_tokens, k=k, top_classes=top_classes or None, min_count=min_count,
+                   seed=0, groups=groups)
+    gp = GeometryPass(loaded.model, windows, **options)
+    with progress_bar(as_json, "capturing", n_seqs * (1 + len(specs))) as advance:
+        found, result = gp.run(loaded.tokenizer, loaded.name, corpus, prepend, progress=advance, n_boot=n_boot)
+        if specs and found.origin_layer is None:
+            raise ProbeError("--ablate needs massive weights, and the scan found no massive activation")
+        plans = [make_plans(loaded.model, None, found, mode, [n], seeds=1)[0] for mode, n in specs]
+        under_ablation(loaded.model, loaded.tokenizer, result, plans, progress=advance, corpus=corpus, n_seqs=n_seqs,
+                       seq_len=seq_len, prepend=prepend, n_boot=n_boot, **options)
     if as_json:
         print(json.dumps(result.to_dict(), allow_nan=True))
         return
     render_geometry(result, model.model, corpus, k)
+
+
+def parse_plan_spec(spec: str) -> tuple[str, int]:
+    """``'zero:5'`` -> ``('zero', 5)``; ``'super'`` -> ``('super', 1)``; a mode of :mod:`analyses.ablate.modes`."""
+    from analyses.ablate.modes import mode_names
+    from probe.errors import ProbeError
+
+    mode, _, k = spec.partition(":")
+    if mode not in mode_names():
+        raise ProbeError(f"--ablate {spec!r}: unknown mode {mode!r}; choose from {', '.join(mode_names())}")
+    try:
+        n = int(k) if k else 1
+    except ValueError:
+        raise ProbeError(f"--ablate {spec!r}: K must be an integer, e.g. zero:5") from None
+    if n < 1:
+        raise ProbeError(f"--ablate {spec!r}: K must be at least 1")
+    return mode, n
 
 
 @app.command("lid")

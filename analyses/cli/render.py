@@ -83,16 +83,30 @@ def render_ablation(table: dict[str, Any], model: str, corpus: str, result: Mass
 
 
 def render_geometry(result: Geometry, model: str, corpus: str, k: int) -> None:
-    """The per-layer geometry table of ``probe geometry``."""
-    keys = {"nc1": "NC1", "nc2_equinorm": "NC2 norm", "nc2_equiangular": "NC2 angle", "cdnv": "CDNV",
-            "fisher_ratio": "Fisher", "cone": "cone", "nc3": "NC3", "nc4": "NC4"}
-    table = Table("layer", "LID", "LID med", "points", *keys.values(),
+    """The per-layer geometry table of ``probe geometry``: LID with its interval, the same without
+    the carrier tokens, the collapse metrics, and one row per layer and ablation plan."""
+    keys = {"nc1": "NC1", "nc2_equiangular": "NC2 angle", "gnc2": "GNC2", "cdnv": "CDNV", "nc3": "NC3",
+            "unc3": "UNC3", "nc4": "NC4"}
+    level = int(round(100 * result.bootstrap.get("level", 0.95)))
+    table = Table("layer", "LID", f"{level}% interval", "LID w/o carriers", "NC1 w/o", "Gride n2=2..max", *keys.values(),
                   title=f"Geometry of {model}: {result.n_tokens} tokens of {corpus}, k={k}, "
-                        f"{result.n_classes} next-token classes", caption=f"window protocol: {result.protocol['text']}")
+                        f"{result.n_classes} next-token classes",
+                  caption=f"window protocol: {result.protocol['text']}; carriers left out: "
+                          f"{result.carriers.get('n_tokens', 0)} tokens (positions {result.carriers.get('positions', {})})")
     for g in result.layers:
-        table.add_row(str(g.layer), f"{g.lid_mean:.2f}", f"{g.lid_median:.2f}", str(g.n_points),
+        ci = f"{g.lid_ci[0]:.2f}-{g.lid_ci[1]:.2f}" if g.lid_ci else "-"
+        w = g.without_carriers
+        gride = " ".join(f"{s['id']:.1f}" for s in g.gride)
+        table.add_row(str(g.layer), f"{g.lid_mean:.2f}", ci, f"{w.get('lid_mean', float('nan')):.2f}",
+                      f"{w.get('collapse', {}).get('nc1', float('nan')):.3g}", gride,
                       *[f"{g.collapse[key]:.3g}" if key in g.collapse else "-" for key in keys])
     out.print(table)
+    for ablation in result.ablations:
+        plan = ablation["plan"]
+        rows = Table("layer", "LID", "NC1", "max |resid|", title=f"with {plan['mode']} k={plan['k']} at layer {plan['layer']}")
+        for g, peak in zip(ablation["layers"], ablation["massive_max"]):
+            rows.add_row(str(g["layer"]), f"{g['lid_mean']:.2f}", f"{g.get('nc1', float('nan')):.3g}", f"{peak:.1f}")
+        out.print(rows)
 
 
 def render_info(summary: dict[str, Any], model: str) -> None:

@@ -53,6 +53,7 @@ def report_cmd(
     parts = S.run_sections(run, lambda label, total: progress_bar(quiet, label, total))
     results, scan = run.results, run.scan
     head = S.header(loaded, corpus, f"{n_seqs * seq_len} scanned ({n_seqs} x {seq_len})", prepend=prepend)
+    head["time per step"] = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in results.get("timings", {}).items())
     results["header"] = head
     results["protocol"] = window_protocol(loaded.tokenizer, prepend).to_dict()
     warnings = [*(scan.warnings if scan else []), *results.get("prepend_comparison", {}).get("warnings", [])]

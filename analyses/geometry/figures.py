@@ -10,7 +10,7 @@ from analyses.geometry.layers import Geometry
 from analyses.report.style import esc, styled, titled
 from probe.display import draws
 
-COLLAPSE_CURVES = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")
+COLLAPSE_CURVES = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "gnc2", "nc3", "unc3", "nc4")
 X_TITLE = "layer (hook_resid_post)"
 
 
@@ -35,22 +35,69 @@ def geometry_figure(g: Geometry) -> go.Figure:
     return fig
 
 
-def lid_figure(g: Geometry) -> go.Figure:
-    """Mean and median local TwoNN dimension per layer."""
+def _band(fig: go.Figure, g: Geometry, key: str, name: str, row: int | None = None) -> None:
+    """The bootstrap interval of ``key`` as a shaded band (drawn before the curve, skipped when absent)."""
+    lo, hi = g.band(key)
+    if all(v is None for v in lo):
+        return
     x = [layer.layer for layer in g.layers]
-    fig = go.Figure([go.Scatter(x=x, y=g.curve("lid_mean"), name="mean", mode="lines+markers"),
-                     go.Scatter(x=x, y=g.curve("lid_median"), name="median", mode="lines", line={"dash": "dot"})])
-    fig.update_traces(hovertemplate="layer %{x}<br>LID %{y:.2f}")
+    where = {} if row is None else {"row": row, "col": 1}
+    level = int(round(100 * g.bootstrap.get("level", 0.95)))
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", line={"width": 0}, opacity=0.25,
+                             name=f"{name} {level}% interval", hoverinfo="skip"), **where)
+
+
+def lid_figure(g: Geometry) -> go.Figure:
+    """Mean local TwoNN dimension per layer with its bootstrap interval, the median, and the mean
+    without the massive-activation carrier tokens."""
+    x = [layer.layer for layer in g.layers]
+    fig = go.Figure()
+    _band(fig, g, "lid_mean", "mean")
+    fig.add_trace(go.Scatter(x=x, y=g.curve("lid_mean"), name="mean", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=x, y=g.curve("lid_median"), name="median", mode="lines", line={"dash": "dot"}))
+    if g.carriers.get("n_tokens"):
+        fig.add_trace(go.Scatter(x=x, y=g.curve("lid_mean", "without_carriers"), mode="lines+markers",
+                                 name=f"mean without the {g.carriers['n_tokens']} massive tokens", line={"dash": "dash"}))
+    for ablation in g.ablations:
+        plan = ablation["plan"]
+        fig.add_trace(go.Scatter(x=[r["layer"] for r in ablation["layers"]], y=[r["lid_mean"] for r in ablation["layers"]],
+                                 mode="lines", name=f"mean, {plan['mode']} k={plan['k']}", line={"dash": "longdash"}))
+    fig.update_traces(hovertemplate="layer %{x}<br>LID %{y:.2f}", selector={"mode": "lines+markers"})
     styled(fig, f"Local intrinsic dimension per layer of {esc(g.model)} (TwoNN, k={g.k})", X_TITLE, "LID",
            hovermode="x unified")
     return fig
 
 
 def collapse_figure(g: Geometry) -> go.Figure:
-    """NC1, CDNV, NC2 (equinorm, equiangular), NC3 and NC4 per layer, log scale."""
+    """NC1 (with its bootstrap interval and without the carrier tokens), CDNV, NC2, GNC2, NC3,
+    UNC3 and NC4 per layer, log scale."""
     x = [layer.layer for layer in g.layers]
-    fig = go.Figure([go.Scatter(x=x, y=g.curve(key), name=key, mode="lines+markers") for key in COLLAPSE_CURVES])
+    fig = go.Figure()
+    _band(fig, g, "nc1", "nc1")
+    for key in COLLAPSE_CURVES:
+        y = g.curve(key)
+        if any(v is not None for v in y):
+            fig.add_trace(go.Scatter(x=x, y=[abs(v) if v is not None else None for v in y] if key == "gnc2" else y,
+                                     name="|gnc2|" if key == "gnc2" else key, mode="lines+markers"))
+    if g.carriers.get("n_tokens"):
+        fig.add_trace(go.Scatter(x=x, y=g.curve("nc1", "without_carriers"), name="nc1 without the massive tokens",
+                                 mode="lines", line={"dash": "dash"}))
     fig.update_traces(hovertemplate="layer %{x}<br>%{y:.4g}")
     styled(fig, f"Neural collapse per layer of {esc(g.model)}, {g.n_classes} next-token classes", X_TITLE, "value",
            yaxis_type="log", hovermode="x unified")
+    return fig
+
+
+def scale_figure(g: Geometry) -> go.Figure:
+    """Gride's dimension per layer (x) and neighbourhood scale n2 (one line per scale): parallel
+    lines mean the estimate does not depend on the neighbourhood size."""
+    x = [layer.layer for layer in g.layers]
+    scales = sorted({s["n2"] for layer in g.layers for s in layer.gride})
+    fig = go.Figure()
+    for n2 in scales:
+        y = [next((s["id"] for s in layer.gride if s["n2"] == n2), None) for layer in g.layers]
+        fig.add_trace(go.Scatter(x=x, y=y, name=f"n2 = {n2}", mode="lines+markers",
+                                 hovertemplate="layer %{x}<br>ID %{y:.2f}<extra>n2=" + str(n2) + "</extra>"))
+    styled(fig, f"Intrinsic dimension across scales per layer of {esc(g.model)} (Gride, n1 = n2/2)", X_TITLE, "ID",
+           hovermode="x unified")
     return fig

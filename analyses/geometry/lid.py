@@ -296,8 +296,12 @@ def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | No
     err = u * (norm[:, None] + norm[cand]) ** 2
     upper = np.partition(d32 + err, k - 1, axis=1)[:, k - 1:k]
     need = d32 - err <= upper
+    # A point b beyond the candidates can only be among the k nearest if d(a, b)^2 <= upper, and
+    # d(a, b) >= |b| - |a|: so |b| <= |a| + sqrt(upper) bounds its rounding error (a few massive
+    # activations with norms in the thousands would otherwise make every row unsure).
+    reach = np.minimum(norm.max(), norm + np.sqrt(np.maximum(upper[:, 0], 0.0)))
     unsure = np.zeros(n, dtype=bool) if m == n - 1 else \
-        last - u * (norm + norm.max()) ** 2 <= upper[:, 0]
+        last - u * (norm + reach) ** 2 <= upper[:, 0]
     order = np.argsort(cand, axis=1)  # by index: the stable sort below breaks ties by index
     cand, need = np.take_along_axis(cand, order, 1), np.take_along_axis(need, order, 1)
     rows, at = np.nonzero(need)

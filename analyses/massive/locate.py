@@ -58,8 +58,9 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -162,6 +163,7 @@ def scan(
     remote: bool | str = False,
     prepend: str | int | None = "auto",
     windows: torch.Tensor | None = None,
+    riders: Sequence[AbstractContextManager[Any]] = (),
 ) -> MassiveScan:
     """Scan ``n_seqs`` windows of ``corpus`` (protocol of :mod:`probe.data`, ``prepend``) for
     massive activations; or the token ids ``windows`` ``(n, seq_len)`` given directly (then
@@ -171,6 +173,11 @@ def scan(
     ``backend``: ``"torch"`` or ``"nnsight"``; ``remote`` (nnsight only): ``True`` runs on NDIF
     (``model`` = :func:`probe.models.load_remote`), ``"local"`` simulates that offline (see the
     module docstring for what travels). ``model`` may be an HF model or an nnsight model.
+
+    ``riders``: context managers that each yield an open :class:`probe.capture.Capture` of the same
+    model and backend (e.g. :meth:`analyses.geometry.layers.GeometryPass.feeding`); they are open
+    only around the streaming pass, so its forward passes feed them too and the later re-run of
+    one sequence does not (one pass over the windows for the scan and the geometry).
     """
     backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
     protocol = window_protocol(tokenizer, prepend)
@@ -189,9 +196,11 @@ def scan(
     opts = {"backend": backend, "remote": remote}
     reduce_resid = {"top": TopK(max(k, 10)), "stats": MaxMedian(), "dims": DimMax(), "big": Exceed(abs_threshold)}
     with capture(runner, "blocks.*.hook_resid_post", reduce=reduce_resid, **opts) as resid, \
-            capture(runner, ["blocks.*.mlp.hook_post", "blocks.*.mlp.hook_out"], reduce={"stats": MaxMedian(), "dims": DimMax()}, **opts) as ffn:
+            capture(runner, ["blocks.*.mlp.hook_post", "blocks.*.mlp.hook_out"], reduce={"stats": MaxMedian(), "dims": DimMax()}, **opts) as ffn, \
+            ExitStack() as stack:
+        extra = [stack.enter_context(r) for r in riders]
         for start in range(0, windows.shape[0], batch_size):
-            run_all([resid, ffn], windows[start : start + batch_size])
+            run_all([resid, ffn, *extra], windows[start : start + batch_size])
             if progress:
                 progress(min(batch_size, windows.shape[0] - start))
     tok = (lambda i: str(int(i))) if tokenizer is None else (lambda i: tokenizer.convert_ids_to_tokens(int(i)))
@@ -245,8 +254,6 @@ def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], laye
     ``W_down[d, n]`` of layer ``l`` for each ``(l, d, n)`` in ``cells``, and the row norms
     ``||W[n, :]||`` of each matrix in ``names`` at ``layer``. Blocks offloaded by accelerate
     (``device_map`` with ``"cpu"``/``"disk"`` entries) are loaded for the read."""
-    from contextlib import ExitStack
-
     with ExitStack() as stack:  # accelerate-offloaded blocks hold meta tensors until their hook loads them
         for l in sorted({c[0] for c in cells} | ({layer} if names else set())):
             stack.enter_context(held(model, block(model, l)))

@@ -10,6 +10,7 @@ step (:func:`analyses.ablate.run_plans` restores the weights, also on Ctrl-C).
 from __future__ import annotations
 
 import platform
+import time
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class ReportConfig:
     lid_points: int = 2000
     lid_k: int = 64
     top_classes: int = 256
+    groups: int = 5  # groups of windows for the jackknife intervals of the collapse metrics
+    n_boot: int = 1000  # resamples of the per-token LID values
 
 
 def parse_sections(chosen: Sequence[str]) -> list[str]:
@@ -69,6 +72,7 @@ class Run:
     chosen: list[str]
     results: dict[str, Any] = field(default_factory=dict)
     scan: Any = None
+    geometry: Any = None  # computed in the scan's pass when both are asked for
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,13 @@ def run_sections(run: Run, progress_bar: Callable[[str, int], Any]) -> list[Sect
     """Every registered section that ``run.chosen`` asks for, in report order, each inside
     ``progress_bar(label, total)`` (a context manager yielding ``advance(n)``)."""
     parts: list[Section] = []
+    timings = run.results.setdefault("timings", {})
     for entry in sorted(_REGISTRY, key=lambda e: SECTIONS.index(e.names[0])):
         if set(entry.names) & set(run.chosen):
+            start = time.perf_counter()
             with progress_bar(entry.label, entry.steps(run.cfg)) as advance:
                 parts += entry.build(run, advance)
+            timings[entry.label] = round(time.perf_counter() - start, 2)
     return parts
 
 
@@ -126,7 +133,7 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
     }
 
 
-@section("massive", label="scanning", steps=lambda cfg: 1)
+@section("massive", label="scanning", steps=lambda cfg: cfg.n_seqs)
 def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """The scan (kept as ``run.scan`` for the ablations), its origin layer in full and, with
     ``compare_prepend``, the same scan under the other window protocols."""
@@ -138,7 +145,13 @@ def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> l
     model, tok = loaded.model, loaded.tokenizer
     opts = dict(name=loaded.name, corpus=cfg.corpus, n_seqs=cfg.n_seqs, seq_len=cfg.seq_len, k=cfg.k,
                 abs_threshold=cfg.abs_threshold, ratio=cfg.ratio)
-    run.scan = result = scan(model, tok, prepend=cfg.prepend, **opts)
+    if set(run.chosen) & {"lid", "collapse"} and cfg.geometry_seqs == cfg.n_seqs:  # one pass for the scan and the geometry
+        result, run.geometry = geometry_pass(run, tok).run(tok, loaded.name, cfg.corpus, cfg.prepend, progress=progress,
+                                                            n_boot=cfg.n_boot,
+                                                            k=cfg.k, ratio=cfg.ratio)
+    else:
+        result = scan(model, tok, prepend=cfg.prepend, progress=progress, **opts)
+    run.scan = result
     run.results["massive"] = result.to_dict()
     sections = [Section(
         "Massive activations per layer",
@@ -197,6 +210,18 @@ def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> l
     return sections
 
 
+def geometry_pass(run: Run, tokenizer: Any) -> Any:
+    """The report's :class:`analyses.geometry.layers.GeometryPass` on its geometry windows."""
+    from analyses.geometry.layers import GeometryPass
+    from probe.data import load_corpus, token_windows
+
+    cfg = run.cfg
+    windows = token_windows(tokenizer, load_corpus(cfg.corpus), seq_len=cfg.seq_len, n_seqs=cfg.geometry_seqs,
+                            prepend=cfg.prepend)
+    return GeometryPass(run.loaded.model, windows, None, cfg.lid_points, cfg.lid_k, cfg.top_classes, groups=cfg.groups,
+                        abs_threshold=cfg.abs_threshold)
+
+
 @section("ablation", label="ablating", steps=lambda cfg: len(cfg.ablation_ks) + 2 + cfg.seeds + 1)
 def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """Zero, retain, random and super-weight plans on ``run.scan``, re-evaluated by perplexity."""
@@ -231,37 +256,55 @@ def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> 
 
 @section("lid", "collapse", label="geometry", steps=lambda cfg: cfg.geometry_seqs)
 def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
-    """One geometry pass for both ``lid`` and ``collapse``; a section for each one chosen."""
-    from analyses.geometry.figures import collapse_figure, lid_figure
-    from analyses.geometry.layers import geometry
+    """The geometry (from the scan's pass when there was one, else its own pass with its own scan);
+    a section for each of ``lid`` and ``collapse`` chosen."""
+    from analyses.geometry.figures import collapse_figure, lid_figure, scale_figure
 
     loaded, cfg, chosen = run.loaded, run.cfg, run.chosen
-    g = geometry(loaded.model, loaded.tokenizer, loaded.name, corpus=cfg.corpus, n_seqs=cfg.geometry_seqs,
-                 seq_len=cfg.seq_len, lid_points=cfg.lid_points, k=cfg.lid_k, top_classes=cfg.top_classes,
-                 progress=progress, prepend=cfg.prepend)
+    g = run.geometry
+    if g is None:
+        _, g = geometry_pass(run, loaded.tokenizer).run(loaded.tokenizer, loaded.name, cfg.corpus, cfg.prepend,
+                                                        progress=progress, n_boot=cfg.n_boot,
+                                                        k=cfg.k, ratio=cfg.ratio)
     x = [l.layer for l in g.layers]
+    removed = g.carriers.get("n_tokens", 0)
+    without = (f" Without the {removed} tokens that carry massive activations (positions "
+               f"{', '.join(g.carriers['positions'])}), " if removed else " No token carries a massive activation, so "
+               "there is nothing to leave out.")
     sections = []
     if "lid" in chosen:
-        lid = g.curve("lid_mean")
+        lid, lid_w = g.curve("lid_mean"), g.curve("lid_mean", "without_carriers")
         top = max(range(len(lid)), key=lid.__getitem__)
-        fig = lid_figure(g)
+        ci = g.layers[top].lid_ci
+        level = int(round(100 * g.bootstrap.get("level", 0.95)))
+        shift = max(range(len(lid)), key=lambda i: abs(lid[i] - lid_w[i]))
         sections.append(Section(
             "Local intrinsic dimension",
             f"Local TwoNN on each token's {g.k} nearest neighbours (Less is More, arXiv 2506.01034), "
-            f"{g.layers[0].n_points} distinct sampled tokens per layer. Mean LID {lid[0]:.2f} at layer {x[0]}, "
-            f"highest {lid[top]:.2f} at layer {x[top]}, {lid[-1]:.2f} at layer {x[-1]}.", [fig]))
+            f"{g.layers[0].n_points} distinct sampled tokens per layer, with {level}% bootstrap intervals of the mean "
+            f"(per-token values resampled). Mean LID {lid[0]:.2f} at layer {x[0]}, highest {lid[top]:.2f} "
+            + (f"[{ci[0]:.2f}, {ci[1]:.2f}] " if ci else "") + f"at layer {x[top]}, {lid[-1]:.2f} at layer {x[-1]}."
+            + (without + f"the mean moves most at layer {x[shift]}: {lid[shift]:.2f} -> {lid_w[shift]:.2f}."
+               if removed else without)
+            + " Gride across neighbourhood scales (Denti et al. 2022) shows whether the estimate depends on the scale.",
+            [lid_figure(g), scale_figure(g)]))
     if "collapse" in chosen:
-        nc1 = g.curve("nc1")
-        fig = collapse_figure(g)
+        nc1, nc1_w = g.curve("nc1"), g.curve("nc1", "without_carriers")
+        low = nc1.index(min(nc1))
         sections.append(Section(
             "Neural collapse with next tokens as classes",
             f"Class = next token (Wu & Papyan 2024), the {g.n_classes} most frequent, on {g.n_tokens} tokens. NC1 = "
-            f"Tr(Sigma_W Sigma_B^+)/C falls from {nc1[0]:.2f} (layer {x[0]}) to {min(nc1):.2f} (layer "
-            f"{x[nc1.index(min(nc1))]}); NC3 compares class means with the unembedding rows, NC4 the nearest class "
-            f"mean with the model's prediction ({g.layers[-1].collapse.get('nc4', float('nan')):.3f} at the last layer).",
-            [fig], table=[{"layer": l.layer, "LID": round(l.lid_mean, 2), **{k: round(l.collapse[k], 4) for k in
-                          ("nc1", "nc2_equinorm", "nc2_equiangular", "cdnv", "fisher_ratio", "cone", "nc3", "nc4")
-                          if k in l.collapse}} for l in g.layers]))
+            f"Tr(Sigma_W Sigma_B^+)/C falls from {nc1[0]:.2f} (layer {x[0]}) to {nc1[low]:.2f} (layer {x[low]}); "
+            f"GNC2 is the hyperspherical uniformity of the class means and UNC3 the uniform duality of means and "
+            f"unembedding rows (Linguistic Collapse); NC3 compares class means with the unembedding rows, NC4 the "
+            f"nearest class mean with the model's prediction ({g.layers[-1].collapse.get('nc4', float('nan')):.3f} at "
+            f"the last layer)." + (without + f"NC1 at layer {x[low]} is {nc1_w[low]:.2f}." if removed else without),
+            [collapse_figure(g)], table=[{"layer": l.layer, "LID": round(l.lid_mean, 2),
+                                          **{k: round(l.collapse[k], 4) for k in
+                                             ("nc1", "nc2_equinorm", "nc2_equiangular", "gnc2", "cdnv", "fisher_ratio",
+                                              "cone", "nc3", "unc3", "nc4") if k in l.collapse},
+                                          "nc1 w/o carriers": round(l.without_carriers["collapse"]["nc1"], 4)}
+                                         for l in g.layers]))
     run.results["geometry"] = g.to_dict()
     return sections
 
