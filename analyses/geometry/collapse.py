@@ -766,6 +766,7 @@ def jackknife_intervals(
     level: float = 0.95,
     classifier: Any | None = None,
     n_jobs: int | None = None,
+    full: dict[str, float] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Delete-one-group jackknife intervals (Quenouille-Tukey) of every metric: with ``theta`` the
     metric on all ``G`` groups and ``theta_i`` without group ``i``,
@@ -778,7 +779,7 @@ def jackknife_intervals(
     many, so nearly every replicate falls on one side of the full-data value (on SmolLM2, layer 0:
     NC1 603 with a bootstrap interval [183, 603]). Every jackknife replicate drops the same share of
     the windows; the spread of the ``G`` leave-one-out values measures window-to-window variation,
-    and costs ``G`` metric evaluations.
+    and costs ``G`` metric evaluations (``G + 1`` unless ``full``, the metrics of all groups, is given).
     """
     from scipy.stats import t as student
 
@@ -787,7 +788,7 @@ def jackknife_intervals(
     g = len(groups)
     if g < 2:
         raise ValueError(f"the jackknife needs at least 2 groups, got {g}")
-    full = CollapseStats.merged(groups).metrics(classifier=classifier)
+    full = CollapseStats.merged(groups).metrics(classifier=classifier) if full is None else full
     done = [r for r in _replicates(groups, 1.0 - np.eye(g), classifier, n_jobs) if r is not None]
     q = float(student.ppf((1.0 + level) / 2.0, g - 1))
     out: dict[str, tuple[float, float]] = {}

@@ -52,7 +52,7 @@ import torch
 
 from analyses.geometry.collapse import CollapseStats, jackknife_intervals
 from analyses.geometry.gride import gride_scale_curve
-from analyses.geometry.lid import LocalTwoNN
+from analyses.geometry.lid import LocalTwoNN, _dedup
 from probe.arch import n_layers
 from probe.capture import Capture, capture
 from probe.data import load_corpus, token_windows, window_protocol
@@ -299,7 +299,7 @@ class GeometryPass:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # S_W is singular when D > samples; pinv is documented
             metrics = stats.metrics(classifier=W_U)
-            ci = jackknife_intervals(groups, level=level, classifier=W_U) if len(groups) > 1 else {}
+            ci = jackknife_intervals(groups, level=level, classifier=W_U, full=metrics) if len(groups) > 1 else {}
         self._nc4(metrics, stats, sample, None, predictions)
         # the same without the carrier tokens: out of the LID sample, their features out of the statistics
         away = torch.tensor([(int(b), int(p)) not in carriers for b, p in zip(sample.batch, sample.position)], dtype=torch.bool)
@@ -337,9 +337,9 @@ class GeometryPass:
 def _lid(sample: torch.Tensor, k: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
     """Per-token local TwoNN values, the number of duplicates dropped, and the distinct vectors."""
     X = sample.numpy()
-    distinct = np.unique(X, axis=0)
-    if len(distinct) <= k + 1:
-        raise ProbeError(f"only {len(distinct)} distinct token vectors for k={k} neighbours; sample more tokens or lower --k")
+    distinct = len(_dedup(X)[0])  # the estimator's own duplicate rule, checked here for a clear message
+    if distinct <= k + 1:
+        raise ProbeError(f"only {distinct} distinct token vectors for k={k} neighbours; sample more tokens or lower --k")
     est = LocalTwoNN(n_neighbors=k, max_points=None, seed=seed).fit(X)
     return est.dimension_pw_, est.n_duplicates_, X[est.sample_indices_]
 
