@@ -251,3 +251,33 @@ def test_macdrop_drops_whole_neurons_and_restores_them(planted):
         assert _nll(model, EVAL) == _nll(hand, EVAL)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert _nll(model, EVAL) != _nll(hand, EVAL)
+
+
+def test_geometry_pass_leaves_out_the_scans_carriers(planted):
+    """The geometry rides on the scan's pass on every family, and its collapse metrics without the
+    carrier tokens equal CollapseStats.fit on the full features minus those tokens."""
+    import warnings
+
+    from analyses.geometry import CollapseStats, GeometryPass
+    from analyses.geometry.layers import carrier_tokens
+
+    gp = GeometryPass(planted.model, ROWS, lid_points=ROWS.numel(), k=8, top_classes=None, groups=2)
+    found, geo = gp.run(None, str(planted.family), "rows", prepend=None, batch_size=ROWS.shape[0], n_boot=50, k=3)
+    carriers = carrier_tokens(found)
+    assert geo.carriers["n_tokens"] == len(carriers) > 0 and found.origin_layer == planted.layer
+    labels = ROWS[:, 1:]
+    keep = torch.isin(labels, gp.classes)
+    for b, p in carriers:
+        if p < ROWS.shape[1] - 1:
+            keep[b, p] = False
+    for g in geo.layers:
+        feats = planted.acts[f"blocks.{g.layer}.hook_resid_post"][:, :-1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                ref = CollapseStats(per_class_scatter=False).fit(feats[keep].double(), labels[keep]).metrics()
+            except ValueError:  # the planted activation makes (nearly) every token a carrier here
+                assert g.without_carriers["collapse"] == {} and "collapse metrics" in g.without_carriers["note"]
+                continue
+        for key, value in ref.items():
+            assert g.without_carriers["collapse"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (g.layer, key)

@@ -308,14 +308,25 @@ class GeometryPass:
         if drop:
             stats.remove(torch.stack([self.held[c][i] for c in drop]),
                          torch.tensor([int(self.windows[w, p + 1]) for w, p in drop]))
+        kept: dict[str, float] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            kept = stats.metrics(classifier=W_U)
-        self._nc4(kept, stats, sample, away, predictions)
-        lid_w = lid if away.all() else _lid(sample.vectors[away], self.k, self.seed)[0]
-        without = {"lid_mean": float(np.mean(lid_w)), "lid_median": float(np.median(lid_w)),
-                   "lid_ci": _mean_interval(lid_w, n_boot, level, self.seed), "n_points": int(len(lid_w)),
-                   "n_removed": int((~away).sum()), "collapse": kept}
+            try:
+                kept = stats.metrics(classifier=W_U)
+                self._nc4(kept, stats, sample, away, predictions)
+            except ValueError:  # fewer than 2 classes left: the carriers were (nearly) every token
+                pass
+        try:
+            lid_w = lid if away.all() else _lid(sample.vectors[away], self.k, self.seed)[0]
+        except ProbeError:  # too few distinct tokens left for k neighbours
+            lid_w = None
+        without: dict[str, Any] = {"n_removed": int((~away).sum()), "collapse": kept}
+        missing = [what for what, gone in (("the LID", lid_w is None), ("the collapse metrics", not kept)) if gone]
+        if missing:
+            without["note"] = f"too few tokens are left without the carriers for {' and '.join(missing)}"
+        if lid_w is not None:
+            without.update(lid_mean=float(np.mean(lid_w)), lid_median=float(np.median(lid_w)),
+                           lid_ci=_mean_interval(lid_w, n_boot, level, self.seed), n_points=int(len(lid_w)))
         return LayerGeometry(l, float(np.mean(lid)), float(np.median(lid)), float(np.std(lid)), int(len(lid)),
                              int(n_dup), metrics, _mean_interval(lid, n_boot, level, self.seed),
                              {key: (float(lo), float(hi)) for key, (lo, hi) in ci.items()},
@@ -337,7 +348,7 @@ class GeometryPass:
 def _lid(sample: torch.Tensor, k: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
     """Per-token local TwoNN values, the number of duplicates dropped, and the distinct vectors."""
     X = sample.numpy()
-    distinct = len(_dedup(X)[0])  # the estimator's own duplicate rule, checked here for a clear message
+    distinct = len(_dedup(X)[0]) if len(X) else 0  # the estimator's own duplicate rule, checked here for a clear message
     if distinct <= k + 1:
         raise ProbeError(f"only {distinct} distinct token vectors for k={k} neighbours; sample more tokens or lower --k")
     est = LocalTwoNN(n_neighbors=k, max_points=None, seed=seed).fit(X)

@@ -277,15 +277,16 @@ def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> 
         top = max(range(len(lid)), key=lid.__getitem__)
         ci = g.layers[top].lid_ci
         level = int(round(100 * g.bootstrap.get("level", 0.95)))
-        shift = max(range(len(lid)), key=lambda i: abs(lid[i] - lid_w[i]))
+        known = [i for i in range(len(lid)) if lid_w[i] is not None]
+        shift = max(known, key=lambda i: abs(lid[i] - lid_w[i]), default=None)
         sections.append(Section(
             "Local intrinsic dimension",
             f"Local TwoNN on each token's {g.k} nearest neighbours (Less is More, arXiv 2506.01034), "
             f"{g.layers[0].n_points} distinct sampled tokens per layer, with {level}% bootstrap intervals of the mean "
             f"(per-token values resampled). Mean LID {lid[0]:.2f} at layer {x[0]}, highest {lid[top]:.2f} "
             + (f"[{ci[0]:.2f}, {ci[1]:.2f}] " if ci else "") + f"at layer {x[top]}, {lid[-1]:.2f} at layer {x[-1]}."
-            + (without + f"the mean moves most at layer {x[shift]}: {lid[shift]:.2f} -> {lid_w[shift]:.2f}."
-               if removed else without)
+            + (without + (f"the mean moves most at layer {x[shift]}: {lid[shift]:.2f} -> {lid_w[shift]:.2f}."
+                           if shift is not None else "too few tokens are left for the LID.") if removed else without)
             + " Gride across neighbourhood scales (Denti et al. 2022) shows whether the estimate depends on the scale.",
             [lid_figure(g), scale_figure(g)]))
     if "collapse" in chosen:
@@ -298,15 +299,21 @@ def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> 
             f"GNC2 is the hyperspherical uniformity of the class means and UNC3 the uniform duality of means and "
             f"unembedding rows (Linguistic Collapse); NC3 compares class means with the unembedding rows, NC4 the "
             f"nearest class mean with the model's prediction ({g.layers[-1].collapse.get('nc4', float('nan')):.3f} at "
-            f"the last layer)." + (without + f"NC1 at layer {x[low]} is {nc1_w[low]:.2f}." if removed else without),
+            f"the last layer)." + (without + (f"NC1 at layer {x[low]} is {nc1_w[low]:.2f}." if nc1_w[low] is not None
+                                                 else "too few tokens are left for the collapse metrics.")
+                                      if removed else without),
             [collapse_figure(g)], table=[{"layer": l.layer, "LID": round(l.lid_mean, 2),
                                           **{k: round(l.collapse[k], 4) for k in
                                              ("nc1", "nc2_equinorm", "nc2_equiangular", "gnc2", "cdnv", "fisher_ratio",
                                               "cone", "nc3", "unc3", "nc4") if k in l.collapse},
-                                          "nc1 w/o carriers": round(l.without_carriers["collapse"]["nc1"], 4)}
+                                          "nc1 w/o carriers": _rounded(l.value("nc1", "without_carriers"), 4)}
                                          for l in g.layers]))
     run.results["geometry"] = g.to_dict()
     return sections
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _shortened(items: Sequence[Any], top: int = TOP) -> str:
