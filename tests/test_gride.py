@@ -186,3 +186,15 @@ def test_bad_ranks_raise():
         LocalGride(n_neighbors=8, n2=8).fit(X)
     with pytest.raises(ValueError, match="max_n2"):
         gride_scale_curve(X[:2])
+
+
+def test_scale_curve_from_given_distances():
+    """The curve from a LID fit's neighbour distances (no second search) is the curve; wrong
+    distances are refused."""
+    from analyses.geometry.lid import LocalTwoNN
+
+    X = np.random.default_rng(5).normal(size=(600, 12)) @ np.random.default_rng(6).normal(size=(12, 40))
+    est = LocalTwoNN(n_neighbors=40, max_points=None).fit(X)
+    assert gride_scale_curve(X, max_n2=40, distances=est.distances_) == gride_scale_curve(X, max_n2=40)
+    with pytest.raises(ValueError, match="distances must hold"):
+        gride_scale_curve(X, max_n2=64, distances=est.distances_)

@@ -421,3 +421,43 @@ def test_massive_outliers_do_not_send_every_row_to_brute_force(monkeypatch):
     np.fill_diagonal(D, np.inf)
     np.testing.assert_array_equal(ind, np.argsort(D, axis=1, kind="stable")[:, :20])
     np.testing.assert_allclose(dist, np.take_along_axis(D, ind, 1), rtol=1e-12)
+
+
+def test_mu_from_lists_brute_force_path_matches_lists() -> None:
+    """With lists cut to 2 entries nearly every (x, z) pair is done by the float64 fallback
+    (:func:`lid._two_nearest_members`); the ratios equal those read off the full lists."""
+    X = _gaussian(300, 5, 24, seed=21)
+    k = 20
+    dist, ind = knn(X, k)
+    X64 = lid._as_centered64(X, torch.device("cpu"))
+    sq = (X64 * X64).sum(dim=1)
+    D, I = torch.from_numpy(dist), torch.from_numpy(ind)
+    member = torch.zeros(300 * 300, dtype=torch.bool)
+    full = lid._mu_from_lists(X64, sq, D, I, I, member)
+    short = lid._mu_from_lists(X64, sq, D[:, :2].contiguous(), I[:, :2].contiguous(), I, member)
+    assert not member.any()
+    torch.testing.assert_close(short, full, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n_spare", [0, 3, 40])
+def test_local_twonn_without_equals_a_new_fit(n_spare: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``without(rows)`` gives the values, sample rows and neighbours of a new fit on the other
+    rows, duplicates included (a dropped first copy whose twin stays keeps the point), whether
+    it reuses the lists (enough spare neighbours) or refits."""
+    X = _gaussian(400, 4, 16, seed=22).astype(np.float32)
+    X[50] = X[7]                       # twin of 7: 7 dropped, 50 stays
+    X[60] = X[61] = X[8]               # 8, 60, 61 all dropped: the point goes
+    rows = np.array([7, 8, 60, 61, 3, 100, 250])
+    est = LocalTwoNN(n_neighbors=15, max_points=None, n_spare=n_spare).fit(X)
+    searches = []
+    real = lid.knn
+    monkeypatch.setattr(lid, "knn", lambda *a, **kw: (searches.append(1), real(*a, **kw))[1])
+    out = est.without(rows)
+    assert len(searches) == (0 if n_spare >= 4 else 1)  # 4 distinct points go (7 has a twin that stays)
+    ref = LocalTwoNN(n_neighbors=15, max_points=None).fit(np.delete(X, rows, axis=0))
+    np.testing.assert_array_equal(out.sample_indices_, ref.sample_indices_)
+    assert out.n_duplicates_ == ref.n_duplicates_
+    np.testing.assert_allclose(out.dimension_pw_, ref.dimension_pw_, rtol=1e-10, atol=0)
+    np.testing.assert_array_equal(out.neighbors_, ref.neighbors_)
+    np.testing.assert_allclose(out.distances_, ref.distances_, rtol=1e-12)
+    np.testing.assert_array_equal(est.without([]).dimension_pw_, est.dimension_pw_)

@@ -202,22 +202,31 @@ class GrideScale:
 
 def gride_scale_curve(X: ArrayLike, max_n2: int = 64, d0: float = 1e-3, d1: float = 1e3,
                       tol: float = 1e-7, drop_duplicates: bool = True, block: int = 4096,
-                      device: str | None = None) -> list[GrideScale]:
+                      device: str | None = None, distances: np.ndarray | None = None) -> list[GrideScale]:
     """Gride ID against neighbourhood size: (n1, n2) = (1, 2), (2, 4), ..., up to
     the largest power of two n2 <= min(max_n2, n_samples - 1).
 
     One exact kNN search to that rank, then a global :class:`Gride` fit per
     scale (duplicate rows dropped first unless ``drop_duplicates=False``, see
     :class:`Gride`); equals dadapy's ``return_id_scaling_gride(range_max=max_n2)``
-    (IDs, errors and, as ``scale``, its ``rs_scaling``).
+    (IDs, errors and, as ``scale``, its ``rs_scaling``). ``distances``: the exact
+    sorted kNN distances of the (distinct) rows of ``X`` to at least that rank
+    (e.g. :class:`analyses.geometry.lid.LocalTwoNN`'s ``distances_``), in place
+    of the search.
     """
-    X, _, _ = _rows(X, drop_duplicates)
+    X, _, n_dup = _rows(X, drop_duplicates)
     n = len(X)
     top = min(max_n2, n - 1)
     if top < 2:
         raise ValueError(f"need max_n2 >= 2 and at least 3 points, got max_n2={max_n2}, n={n}")
     ranks = [2 ** i for i in range(int(np.log2(top)) + 1)]
-    dist, _ = knn(X, ranks[-1], block=block, device=device)
+    if distances is None:
+        dist, _ = knn(X, ranks[-1], block=block, device=device)
+    elif n_dup or distances.shape[0] != n or distances.shape[1] < ranks[-1]:
+        raise ValueError(f"distances must hold the sorted kNN distances of the {n} distinct rows to rank "
+                         f"{ranks[-1]}, got shape {distances.shape} ({n_dup} duplicate rows in X)")
+    else:
+        dist = distances
     r = _smear(torch.from_numpy(dist[:, [k - 1 for k in ranks]]))
     curve = []
     for i, (n1, n2) in enumerate(zip(ranks[:-1], ranks[1:])):

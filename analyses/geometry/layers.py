@@ -294,7 +294,9 @@ class GeometryPass:
     def _layer(self, i: int, l: int, res: dict[str, Any], carriers: set[tuple[int, int]], predictions: torch.Tensor,
                W_U: np.ndarray, n_boot: int, level: float) -> LayerGeometry:
         sample, groups = res["sample"], res["collapse"]
-        lid, n_dup, X = _lid(sample.vectors, self.k, self.seed)
+        away = torch.tensor([(int(b), int(p)) not in carriers for b, p in zip(sample.batch, sample.position)], dtype=torch.bool)
+        est = _lid(sample.vectors, self.k, self.seed, n_spare=int((~away).sum()))
+        lid = est.dimension_pw_
         stats = CollapseStats.merged(groups)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # S_W is singular when D > samples; pinv is documented
@@ -302,7 +304,6 @@ class GeometryPass:
             ci = jackknife_intervals(groups, level=level, classifier=W_U, full=metrics) if len(groups) > 1 else {}
         self._nc4(metrics, stats, sample, None, predictions)
         # the same without the carrier tokens: out of the LID sample, their features out of the statistics
-        away = torch.tensor([(int(b), int(p)) not in carriers for b, p in zip(sample.batch, sample.position)], dtype=torch.bool)
         classes = set(self.classes.tolist())
         drop = [(w, p) for w, p in sorted(carriers) if p + 1 < self.windows.shape[1] and int(self.windows[w, p + 1]) in classes]
         if drop:
@@ -316,10 +317,7 @@ class GeometryPass:
                 self._nc4(kept, stats, sample, away, predictions)
             except ValueError:  # fewer than 2 classes left: the carriers were (nearly) every token
                 pass
-        try:
-            lid_w = lid if away.all() else _lid(sample.vectors[away], self.k, self.seed)[0]
-        except ProbeError:  # too few distinct tokens left for k neighbours
-            lid_w = None
+        lid_w = lid if away.all() else _lid_without(est, (~away).nonzero().squeeze(1).numpy())
         without: dict[str, Any] = {"n_removed": int((~away).sum()), "collapse": kept}
         missing = [what for what, gone in (("the LID", lid_w is None), ("the collapse metrics", not kept)) if gone]
         if missing:
@@ -328,9 +326,9 @@ class GeometryPass:
             without.update(lid_mean=float(np.mean(lid_w)), lid_median=float(np.median(lid_w)),
                            lid_ci=_mean_interval(lid_w, n_boot, level, self.seed), n_points=int(len(lid_w)))
         return LayerGeometry(l, float(np.mean(lid)), float(np.median(lid)), float(np.std(lid)), int(len(lid)),
-                             int(n_dup), metrics, _mean_interval(lid, n_boot, level, self.seed),
+                             int(est.n_duplicates_), metrics, _mean_interval(lid, n_boot, level, self.seed),
                              {key: (float(lo), float(hi)) for key, (lo, hi) in ci.items()},
-                             _scales(X, self.k), without)
+                             _scales(sample.vectors.numpy(), est, self.k), without)
 
     def _nc4(self, metrics: dict[str, float], stats: CollapseStats, sample: Any, keep: torch.Tensor | None,
              predictions: torch.Tensor) -> None:
@@ -345,20 +343,31 @@ class GeometryPass:
             metrics["nc4"] = stats.nc4(sample.vectors[has_next][sel], predictions[b[sel], p[sel]])
 
 
-def _lid(sample: torch.Tensor, k: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """Per-token local TwoNN values, the number of duplicates dropped, and the distinct vectors."""
+def _lid(sample: torch.Tensor, k: int, seed: int, n_spare: int = 0) -> LocalTwoNN:
+    """The local TwoNN fit of the sampled vectors (``n_spare`` extra neighbours kept for :func:`_lid_without`)."""
     X = sample.numpy()
     distinct = len(_dedup(X)[0]) if len(X) else 0  # the estimator's own duplicate rule, checked here for a clear message
     if distinct <= k + 1:
         raise ProbeError(f"only {distinct} distinct token vectors for k={k} neighbours; sample more tokens or lower --k")
-    est = LocalTwoNN(n_neighbors=k, max_points=None, seed=seed).fit(X)
-    return est.dimension_pw_, est.n_duplicates_, X[est.sample_indices_]
+    return LocalTwoNN(n_neighbors=k, max_points=None, seed=seed, n_spare=min(n_spare, k)).fit(X)
 
 
-def _scales(X: np.ndarray, k: int) -> list[dict[str, float]]:
-    """Gride per scale ``n2 = 2, 4, ...`` up to the LID's ``k``: dimension, error and the mean radius."""
+def _lid_without(est: LocalTwoNN, rows: np.ndarray) -> np.ndarray | None:
+    """Per-token values of ``est``'s sample without ``rows`` (:meth:`LocalTwoNN.without`: only the
+    tokens whose neighbourhood held a removed one are recomputed); None when too few are left."""
+    try:
+        return est.without(rows).dimension_pw_
+    except ValueError:  # too few distinct tokens left for k neighbours
+        return None
+
+
+def _scales(X: np.ndarray, est: LocalTwoNN, k: int) -> list[dict[str, float]]:
+    """Gride per scale ``n2 = 2, 4, ...`` up to the LID's ``k`` on the distinct vectors of the LID fit
+    (``X[est.sample_indices_]``, with its neighbour distances: no second search): dimension, error and
+    the mean radius."""
+    X = X[est.sample_indices_]
     return [{"n1": s.n1, "n2": s.n2, "id": s.dimension, "err": s.error, "scale": s.scale}
-            for s in gride_scale_curve(X, max_n2=min(k, len(X) - 1))]
+            for s in gride_scale_curve(X, max_n2=min(k, len(X) - 1), distances=est.distances_)]
 
 
 def _mean_interval(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float] | None:

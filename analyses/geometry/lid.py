@@ -73,11 +73,19 @@ def _as_centered64(X: ArrayLike, device: torch.device) -> torch.Tensor:
 
 def _dedup(X: np.ndarray) -> tuple[np.ndarray, int]:
     """Indices of the first occurrence of each distinct row (original order)
-    and the number of rows removed. Rows are hashed (their bytes, with -0.0
-    read as 0.0, times random odd 64-bit multipliers, summed mod 2^64) and only
-    rows whose hash repeats are compared, so this is O(N D) instead of the
-    lexicographic sort of ``np.unique(axis=0)``; a hash collision between
-    different rows (probability ~N^2 / 2^64) falls back to ``np.unique``."""
+    and the number of rows removed (see :func:`_first_equal`)."""
+    rep = _first_equal(X)
+    first = np.flatnonzero(rep == np.arange(len(X)))
+    return first, len(X) - len(first)
+
+
+def _first_equal(X: np.ndarray) -> np.ndarray:
+    """For every row, the index of the first row equal to it. Rows are hashed
+    (their bytes, with -0.0 read as 0.0, times random odd 64-bit multipliers,
+    summed mod 2^64) and only rows whose hash repeats are compared, so this is
+    O(N D) instead of the lexicographic sort of ``np.unique(axis=0)``; a hash
+    collision between different rows (probability ~N^2 / 2^64) falls back to
+    ``np.unique``."""
     n = len(X)
     words = _row_words(X)
     mult = np.random.default_rng(0).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
@@ -88,11 +96,9 @@ def _dedup(X: np.ndarray) -> tuple[np.ndarray, int]:
     rep = first_of[inverse.ravel()]
     dup = np.flatnonzero(rep != np.arange(n))
     if not np.array_equal(words[dup], words[rep[dup]]):
-        _, first = np.unique(X, axis=0, return_index=True)
-        first = np.sort(first)
-        return first, n - len(first)
-    first = np.flatnonzero(rep == np.arange(n))
-    return first, n - len(first)
+        _, first_of, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+        rep = first_of[inverse.ravel()]
+    return rep
 
 
 def _row_words(X: np.ndarray) -> np.ndarray:
@@ -189,10 +195,11 @@ def _unit_roundoff(dev: torch.device) -> float:
 
 
 def _exact_sq(X64: torch.Tensor, sq: torch.Tensor, crow: torch.Tensor, rows: torch.Tensor,
-              cols: torch.Tensor, lo: int = 0) -> torch.Tensor:
+              cols: torch.Tensor, lo: int = 0, left: torch.Tensor | None = None) -> torch.Tensor:
     """Exact float64 squared distances of the pairs ``(rows[p], cols[p])`` (CSR
     over rows ``lo .. lo + len(crow) - 2``: row ``lo + i``'s pairs are
-    ``crow[i]:crow[i + 1]``, ``cols`` ascending within a row):
+    ``crow[i]:crow[i + 1]``, ``cols`` ascending within a row; or over the rows
+    of ``left``, ``X64[rows]`` in CSR order, when given):
     ``||a||^2 + ||b||^2 - 2 a.b`` on centred data, the dot
     products by ``torch.sparse.sampled_addmm`` (only the requested entries of
     X X^T, no (pairs, D) temporaries); pairs where cancellation could cost more
@@ -203,7 +210,7 @@ def _exact_sq(X64: torch.Tensor, sq: torch.Tensor, crow: torch.Tensor, rows: tor
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=X64.dtype, device=X64.device),
                                           size=(nr, n), check_invariants=False)
-    dot = torch.sparse.sampled_addmm(pattern, X64[lo:lo + nr], X64.T, beta=0.0).values()
+    dot = torch.sparse.sampled_addmm(pattern, X64[lo:lo + nr] if left is None else left, X64.T, beta=0.0).values()
     norms = sq[rows] + sq[cols]
     d2 = (norms - 2.0 * dot).clamp_min_(0.0)
     bad = (norms > 1e4 * d2).nonzero().squeeze(1)
@@ -407,27 +414,32 @@ class TwoNN:
 # --------------------------------------------------------------------------
 # pointwise (local) TwoNN
 # --------------------------------------------------------------------------
-def _mu_from_lists(X: np.ndarray, dist: torch.Tensor, ind: torch.Tensor, rows: torch.Tensor,
-                   member: torch.Tensor, widths: tuple[int, ...] = (8, 16, 32, 64)) -> torch.Tensor:
-    """mu = r2 / r1 of every member z of the neighbourhoods N_k(x), x in ``rows``,
-    read off the global sorted kNN lists instead of recomputing distances.
+def _mu_from_lists(X64: torch.Tensor, sq: torch.Tensor, dist: torch.Tensor, ind: torch.Tensor,
+                   S: torch.Tensor, member: torch.Tensor,
+                   widths: tuple[int, ...] = (8, 16, 32, 64)) -> torch.Tensor:
+    """mu = r2 / r1 of every member z of the neighbourhoods ``S`` (B, k), one row
+    per neighbourhood N_k(x), read off the sorted kNN lists instead of recomputing
+    distances.
 
-    ``dist``/``ind`` (N, k) are every point's exact k nearest neighbours,
+    ``dist``/``ind`` (N, m >= k) are every point's exact nearest neighbours,
     ascending. Within N_k(x), the nearest and second nearest other members of z
     are the first two entries of z's own list L(z) that belong to N_k(x): L(z)
-    holds every point closer to z than its last entry, in order. Membership is
-    a lookup in ``member``, a zeroed flat (len(rows) * N) bitmap that is set for
-    the batch and cleared again. L(z) is scanned in slices (positions 0-7,
-    8-15, 16-31, 32-63, then the rest), each pair (x, z) only until two members
-    are found; the few z whose whole list holds fewer than two members are done
-    by float64 brute force against the k members (``X``). Exact, and O(k s)
-    lookups per point, s the mean position of the second member (~15 at
-    k = 100 in 20 dimensions), instead of O(k^2 D) arithmetic.
+    holds every point closer to z than its last entry, in order (points of L(z)
+    outside N_k(x) are skipped, so the lists may be longer than k or hold points
+    left out of the data). Membership is a lookup in ``member``, a zeroed flat
+    (B * N) bitmap that is set for the batch and cleared again. L(z) is scanned
+    in slices (positions 0-7, 8-15, 16-31, 32-63, then the rest), each pair
+    (x, z) only until two members are found; the few z whose whole list holds
+    fewer than two members get their distances to the k members in float64 by
+    the same formula as the lists (:func:`_exact_sq` on the centred ``X64``,
+    squared norms ``sq``). Exact, and O(k s) lookups per point, s the mean
+    position of the second member (~15 at k = 100 in 20 dimensions), instead
+    of O(k^2 D) arithmetic.
     """
-    N, k = ind.shape
+    N, m = ind.shape
+    B, k = S.shape
     dev = ind.device
-    S = ind[rows]                                                     # (B, k) members
-    base = torch.arange(len(rows), device=dev)[:, None] * N          # row offset in the bitmap
+    base = torch.arange(B, device=dev)[:, None] * N                  # row offset in the bitmap
     flat_members = (base + S).reshape(-1)
     member[flat_members] = True
     z = S.reshape(-1)                                                 # (B k,) pairs (x, z)
@@ -435,7 +447,7 @@ def _mu_from_lists(X: np.ndarray, dist: torch.Tensor, ind: torch.Tensor, rows: t
     pos = torch.zeros(2, len(z), dtype=torch.int64, device=dev)      # first, second member positions
     found = torch.zeros(len(z), dtype=torch.int64, device=dev)
     todo = torch.arange(len(z), device=dev)
-    bounds = [0, *[w for w in widths if w < k], k]
+    bounds = [0, *[w for w in widths if w < m], m]
     for p0, p1 in zip(bounds[:-1], bounds[1:]):
         hit = member[zbase[todo, None] + ind[z[todo], p0:p1]]          # (P, p1 - p0)
         r, c = hit.nonzero(as_tuple=True)
@@ -454,41 +466,59 @@ def _mu_from_lists(X: np.ndarray, dist: torch.Tensor, ind: torch.Tensor, rows: t
     member[flat_members] = False
     r1, r2 = dist[z, pos[0]], dist[z, pos[1]]
     if len(todo):
-        b, j = todo // k, todo % k
-        Xs = torch.as_tensor(X[S[b].cpu().numpy()], dtype=torch.float64, device=dev)  # (F, k, D)
-        d = torch.linalg.vector_norm(Xs - Xs[torch.arange(len(j), device=dev), j][:, None, :], dim=-1)
-        d[torch.arange(len(j), device=dev), j] = float("inf")
-        two = torch.topk(d, 2, dim=-1, largest=False, sorted=True).values
-        r1[todo], r2[todo] = two[:, 0], two[:, 1]
-    return (r2 / r1.clamp_min(_TINY)).clamp_min(1.0).reshape(len(rows), k)
+        r1[todo], r2[todo] = _two_nearest_members(X64, sq, S, todo)
+    return (r2 / r1.clamp_min(_TINY)).clamp_min(1.0).reshape(B, k)
+
+
+def _two_nearest_members(X64: torch.Tensor, sq: torch.Tensor, S: torch.Tensor,
+                         pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances from z to its nearest and second nearest other member of N_k(x),
+    for the pairs ``pairs`` (flat index ``b * k + j``: z = ``S[b, j]``), by
+    :func:`_exact_sq` against the k members (dot products of the requested pairs
+    only, no (pairs, k, D) temporaries)."""
+    k = S.shape[1]
+    b, j = pairs // k, pairs % k
+    cols, order = torch.sort(S[b], dim=1)                             # ascending within a row (CSR)
+    zs = S[b, j]
+    crow = torch.arange(0, len(pairs) * k + 1, k, device=S.device)
+    d2 = _exact_sq(X64, sq, crow, zs.repeat_interleave(k), cols.reshape(-1), left=X64[zs]).reshape(len(pairs), k)
+    d2[order == j[:, None]] = float("inf")                            # z itself
+    two = torch.topk(d2, 2, dim=-1, largest=False, sorted=True).values.sqrt()
+    return two[:, 0], two[:, 1]
 
 
 def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
                          discard_fraction: float = 0.1, convention: Convention = "skdim-0.5",
                          batch_size: int = 512, device: str | None = None,
-                         n_threads: int | None = None) -> np.ndarray:
+                         n_threads: int | None = None,
+                         neighborhoods: np.ndarray | None = None) -> np.ndarray:
     """Pointwise TwoNN given every point's exact sorted kNN (``knn(X, k)``):
     LID(x) = TwoNN slope of the ratios mu_z, z in N_k(x) (see :class:`LocalTwoNN`).
-    On CPU the batches of rows run on ``n_threads`` threads (default as
-    :func:`knn`), each with torch on one thread and its own membership bitmap;
-    the result does not depend on ``n_threads``."""
+    ``neighborhoods`` (B, k): the neighbourhoods to evaluate, one per row (default
+    ``ind``, every point's own); ``dist``/``ind`` may then be longer lists (used
+    for the lookups, see :func:`_mu_from_lists`). On CPU the batches of rows run
+    on ``n_threads`` threads (default as :func:`knn`), each with torch on one
+    thread and its own membership bitmap; the result does not depend on ``n_threads``."""
     _check_convention(convention)
     dev = _device(device)
-    Xn = _as_numpy(X)
+    X64 = _as_centered64(_as_numpy(X), dev)
+    sq = (X64 * X64).sum(dim=1)
     D, I = torch.as_tensor(dist, device=dev), torch.as_tensor(ind, device=dev)
+    H = I if neighborhoods is None else torch.as_tensor(neighborhoods, device=dev)
     # rows per batch: at most batch_size, and on CPU a membership bitmap of at most
     # 4 MiB, so its random lookups hit the cache (at N = 100,000 a 51 MB bitmap made
     # the lookups DRAM-latency bound, ~10x slower)
-    step = min(batch_size, len(I)) if dev.type != "cpu" else max(1, min(batch_size, 2**22 // len(I)))
+    step = min(batch_size, len(H)) if dev.type != "cpu" else max(1, min(batch_size, 2**22 // len(I)))
     local = threading.local()
 
     def work(s: int) -> torch.Tensor:
         if not hasattr(local, "member"):
             local.member = torch.zeros(step * len(I), dtype=torch.bool, device=dev)
-        rows = torch.arange(s, min(s + step, len(I)), device=dev)
-        return twonn_from_mu(_mu_from_lists(Xn, D, I, rows, local.member), discard_fraction, convention)
+        return twonn_from_mu(_mu_from_lists(X64, sq, D, I, H[s:s + step], local.member), discard_fraction, convention)
 
-    starts = list(range(0, len(I), step))
+    if len(H) == 0:
+        return np.empty(0)
+    starts = list(range(0, len(H), step))
     if dev.type != "cpu":
         out = [work(s) for s in starts]
     else:
@@ -565,12 +595,16 @@ class LocalTwoNN:
     n_duplicates_ : int
     sample_indices_ : ndarray (n_points,), rows of X that were used (ascending)
     neighbors_ : ndarray (n_points, n_neighbors), kNN indices into the used rows
+    distances_ : ndarray (n_points, n_neighbors), their exact distances (float64)
+
+    ``n_spare``: extra neighbours kept per point, so that :meth:`without` can
+    leave out up to that many points without a new search.
     """
 
     def __init__(self, n_neighbors: int = 128, discard_fraction: float = 0.1,
                  convention: Convention = "skdim-0.5", max_points: int | None = 60000,
                  seed: int = 0, batch_size: int = 512, block: int = 4096,
-                 device: str | None = None, n_threads: int | None = None) -> None:
+                 device: str | None = None, n_threads: int | None = None, n_spare: int = 0) -> None:
         self.n_neighbors = n_neighbors
         self.discard_fraction = discard_fraction
         self.convention = convention
@@ -580,21 +614,86 @@ class LocalTwoNN:
         self.block = block
         self.device = device
         self.n_threads = n_threads
+        self.n_spare = n_spare
 
     def fit(self, X: ArrayLike, y: None = None) -> "LocalTwoNN":
         _check_convention(self.convention)
         _n_fit(self.n_neighbors, self.discard_fraction, self.convention)  # validate early
+        if self.n_spare < 0:
+            raise ValueError(f"n_spare must be >= 0, got {self.n_spare}")
         Xn = _as_numpy(X)
-        first, self.n_duplicates_ = _dedup(Xn)
+        self._X, self._first = Xn, _first_equal(Xn)
+        first = np.flatnonzero(self._first == np.arange(len(Xn)))
+        self.n_duplicates_ = len(Xn) - len(first)
         self.sample_indices_ = _subsample(first, self.max_points, self.seed)
         Xs = Xn[self.sample_indices_]
-        dist, self.neighbors_ = knn(Xs, self.n_neighbors, block=self.block, device=self.device,
-                                    n_threads=self.n_threads)
-        self.dimension_pw_ = local_twonn_from_knn(Xs, dist, self.neighbors_, self.discard_fraction,
-                                                  self.convention, self.batch_size, self.device,
-                                                  self.n_threads)
+        k = self.n_neighbors
+        if not 1 <= k <= len(Xs) - 1:
+            raise ValueError(f"need 1 <= k <= n_samples - 1, got k={k}, n={len(Xs)}")
+        self._lists = knn(Xs, min(k + self.n_spare, len(Xs) - 1), block=self.block, device=self.device,
+                          n_threads=self.n_threads)
+        self.distances_, self.neighbors_ = (a[:, :k] for a in self._lists)
+        self.dimension_pw_ = local_twonn_from_knn(Xs, *self._lists, self.discard_fraction, self.convention,
+                                                  self.batch_size, self.device, self.n_threads, self.neighbors_)
         self.dimension_ = float(self.dimension_pw_.mean())
         return self
+
+    def without(self, rows: ArrayLike) -> "LocalTwoNN":
+        """The estimator fitted to the data of :meth:`fit` with the rows ``rows`` left
+        out: the values of ``LocalTwoNN(same parameters).fit(np.delete(X, rows, 0))``
+        (to float64 rounding: that fit centres the data on another mean). A point
+        whose neighbourhood held no removed point keeps its value (TwoNN on N_k(x)
+        reads only distances within N_k(x)); the others get their new k nearest
+        from the lists of the fit (``n_spare`` extra neighbours) and are
+        recomputed. A new fit when more distinct points go than ``n_spare`` or
+        the fit subsampled (``max_points``)."""
+        Xn, k = self._X, self.n_neighbors
+        drop = np.zeros(len(Xn), dtype=bool)
+        drop[np.asarray(rows, dtype=np.int64)] = True
+        kept = np.flatnonzero(~drop)
+        groups, at = np.unique(self._first[kept], return_index=True)  # distinct rows left, first kept copy
+        if len(groups) <= k:
+            raise ValueError(f"need 1 <= k <= n_samples - 1, got k={k}, n={len(groups)} distinct rows left")
+        gone = ~np.isin(self.sample_indices_, groups)
+        subsampled = len(self.sample_indices_) < len(Xn) - self.n_duplicates_
+        if subsampled or self._lists is None or self._lists[1].shape[1] - gone.sum() < k:
+            return _refit(self, np.delete(Xn, np.flatnonzero(drop), axis=0))
+        dist, ind = self._lists
+        stay = np.flatnonzero(~gone)
+        hit = stay[gone[self.neighbors_[stay]].any(axis=1)]            # neighbourhoods that held a removed point
+        pw, nbrs, nd = self.dimension_pw_.copy(), self.neighbors_.copy(), self.distances_.copy()
+        if len(hit):
+            left = ~gone[ind[hit]]
+            take = np.argsort(~left, axis=1, kind="stable")[:, :k]      # the first k entries still there
+            nbrs[hit], nd[hit] = np.take_along_axis(ind[hit], take, 1), np.take_along_axis(dist[hit], take, 1)
+            pw[hit] = local_twonn_from_knn(Xn[self.sample_indices_], dist, ind, self.discard_fraction,
+                                           self.convention, self.batch_size, self.device, self.n_threads,
+                                           nbrs[hit])
+        new_rows = at                                                 # each group's first row in the reduced data
+        rank = np.empty(len(Xn), dtype=np.int64)
+        rank[self.sample_indices_[stay]] = np.arange(len(stay))
+        order = np.argsort(new_rows, kind="stable")                   # fresh fit: by first kept copy
+        keep_pos = rank[groups[order]]                                # positions in ``stay`` of the new order
+        renumber = np.full(len(self.sample_indices_), -1, dtype=np.int64)
+        renumber[stay[keep_pos]] = np.arange(len(keep_pos))
+        out = _refit(self, None)
+        out._X = np.delete(Xn, np.flatnonzero(drop), axis=0)
+        out._first = _first_equal(out._X)
+        out.n_duplicates_ = len(kept) - len(groups)
+        out.sample_indices_ = new_rows[order]
+        out.dimension_pw_ = pw[stay[keep_pos]]
+        out.neighbors_ = renumber[nbrs[stay[keep_pos]]]
+        out.distances_ = nd[stay[keep_pos]]
+        out._lists = None
+        out.dimension_ = float(out.dimension_pw_.mean())
+        return out
+
+
+def _refit(est: LocalTwoNN, X: np.ndarray | None) -> LocalTwoNN:
+    """A new estimator with ``est``'s parameters, fitted to ``X`` (unfitted when None)."""
+    new = LocalTwoNN(est.n_neighbors, est.discard_fraction, est.convention, est.max_points, est.seed,
+                     est.batch_size, est.block, est.device, est.n_threads, est.n_spare)
+    return new if X is None else new.fit(X)
 
 
 # --------------------------------------------------------------------------

@@ -209,9 +209,8 @@ def scan(
     for l in range(L):
         r = resid[f"blocks.{l}.hook_resid_post"]
         med = r["stats"].median
-        top = [_entry(v, ix, t, tok) for v, ix, t in zip(r["top"].values, r["top"].indices, r["top"].tokens)]
-        big = r["big"]
-        entries = [_entry(v, ix, t, tok) for v, ix, t in zip(big.values, big.indices, big.tokens)]
+        top = _entries(r["top"], tok)
+        entries = _entries(r["big"], tok)
         big_by_layer.append(entries)
         massive = [e for e in entries if abs(e["value"]) > ratio * med]
         post = ffn[f"blocks.{l}.mlp.hook_post"]["stats"]
@@ -262,9 +261,16 @@ def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], laye
     return values, norms
 
 
-def _entry(value: torch.Tensor, index: torch.Tensor, token: torch.Tensor, tok: Callable[[int], str]) -> dict[str, Any]:
-    return {"value": float(value), "batch": int(index[0]), "position": int(index[1]), "dim": int(index[-1]),
-            "token": tok(token)}
+def _entries(found: Any, tok: Callable[[int], str]) -> list[dict[str, Any]]:
+    """The entries of a :class:`probe.reducers.TopKResult` as dicts (value, batch, position, dim,
+    token); read as Python lists once (iterating the tensors makes a view per entry)."""
+    names: dict[int, str] = {}
+    out = []
+    for v, ix, t in zip(found.values.tolist(), found.indices.tolist(), found.tokens.tolist()):
+        if t not in names:
+            names[t] = tok(t)
+        out.append({"value": v, "batch": ix[0], "position": ix[1], "dim": ix[-1], "token": names[t]})
+    return out
 
 
 def _origin(layers: list[LayerScan], big: list[list[dict[str, Any]]], ratio: float) -> int | None:
