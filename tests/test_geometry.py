@@ -79,6 +79,17 @@ def test_scan_riding_on_the_geometry_pass_equals_the_scan_alone(smol):
     assert ridden.to_dict() == alone
 
 
+def test_layers_finished_in_parallel_equal_one_thread(smol):
+    """finish() runs the layers on several threads; every value is the one of a single thread."""
+    rows = token_windows(smol.tokenizer, load_corpus("stdlib"), seq_len=32, n_seqs=4, prepend=PREPEND)
+    out = []
+    for n_threads in (1, 2):
+        gp = GeometryPass(smol.model, rows, [3, 11, 20], lid_points=100, k=10, top_classes=10, groups=2,
+                          n_threads=n_threads)
+        out.append(gp.run(smol.tokenizer, "model", "stdlib", PREPEND, batch_size=2, n_boot=50)[1].to_dict())
+    assert out[0] == out[1]
+
+
 def test_without_carriers_equals_leaving_them_out_by_hand(geo, full):
     """Collapse metrics without the carrier tokens equal CollapseStats.fit on the full features
     minus those tokens; the LID equals the estimator on the sample minus them."""

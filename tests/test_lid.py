@@ -103,7 +103,7 @@ def test_knn_faiss_and_torch_candidates_agree(monkeypatch: pytest.MonkeyPatch) -
     X = _ties_and_duplicates(seed=3).astype(np.float32)
     d_faiss, i_faiss = knn(X, 10)
     monkeypatch.setattr(lid, "_candidates_faiss",
-                        lambda X32, m: lid._candidates_torch(torch.from_numpy(X32), m, block=37))
+                        lambda X32, m, threads=None: lid._candidates_torch(torch.from_numpy(X32), m, block=37))
     d_torch, i_torch = knn(X, 10)
     np.testing.assert_array_equal(i_faiss, i_torch)
     np.testing.assert_array_equal(d_faiss, d_torch)

@@ -330,7 +330,8 @@ class CollapseStats:
                                 / np.where(live, n, 1.0)[:, None], 0.0)
             delta = mean_b - new_mean
             w = n * n_b / n_a
-        self.scatter_ += sign * (centred.T @ centred + (delta * w[:, None]).T @ delta)
+        seen = w > 0  # classes new to the accumulator add no between-part (w = 0): skip their rows
+        self.scatter_ += sign * (centred.T @ centred + (delta[seen] * w[seen, None]).T @ delta[seen])
         m2 = self.m2_trace_[idx] + sign * (np.bincount(inv, (centred**2).sum(1), k) + w * (delta**2).sum(1))
         self.m2_trace_[idx] = np.where(n > 0, np.maximum(m2, 0.0), 0.0)
         if self.class_scatter_ is not None:

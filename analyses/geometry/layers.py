@@ -49,10 +49,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from analyses.geometry.collapse import CollapseStats, jackknife_intervals
 from analyses.geometry.gride import gride_scale_curve
-from analyses.geometry.lid import LocalTwoNN, _dedup
+from analyses.geometry.lid import LocalTwoNN, _dedup, _n_threads, _thread_map
 from probe.arch import n_layers
 from probe.capture import Capture, capture
 from probe.data import load_corpus, token_windows, window_protocol
@@ -202,7 +203,7 @@ class GeometryPass:
 
     def __init__(self, model: torch.nn.Module, windows: torch.Tensor, layers: list[int] | None = None,
                  lid_points: int = 4000, k: int = 128, top_classes: int | None = 512, min_count: int = 2,
-                 seed: int = 0, groups: int = 4, abs_threshold: float = 100.0) -> None:
+                 seed: int = 0, groups: int = 4, abs_threshold: float = 100.0, n_threads: int | None = None) -> None:
         L = n_layers(model)
         layers = list(range(L)) if layers is None else list(layers)
         bad = [l for l in layers if not 0 <= l < L]
@@ -210,6 +211,7 @@ class GeometryPass:
             raise LayerError(f"layers {bad or layers} out of range: the model has layers 0..{L - 1}")
         self.model, self.windows, self.layers, self.n_all = model, windows, layers, L
         self.lid_points, self.k, self.min_count, self.seed, self.abs_threshold = lid_points, k, min_count, seed, abs_threshold
+        self.n_threads = n_threads  # layers finished in parallel (default every usable core); no effect on the values
         self.classes = next_token_classes(windows, top_classes, min_count)
         self.reduce = {"sample": Reservoir(lid_points, seed), "collapse": NextTokenCollapse(self.classes, min_count, groups)}
         self.points = [f"blocks.{l}.hook_resid_post" for l in layers]
@@ -276,8 +278,15 @@ class GeometryPass:
         results = self.cap.results
         predictions = torch.cat(self.predictions)
         W_U = self.model.get_output_embeddings().weight.detach().double().cpu().numpy()
-        out = [self._layer(i, l, results[p], carriers, predictions, W_U, n_boot, level)
-               for i, (l, p) in enumerate(zip(self.layers, self.points))]
+        # the layers on n_threads threads, each single-threaded (torch, faiss, BLAS): the arithmetic of one
+        # layer is many small steps that a second core barely speeds up; every value is the same either way.
+        # Warnings are filtered here, once: catch_warnings is not thread-safe. S_W is singular when D > samples
+        # (pinv is documented).
+        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = _thread_map(lambda il: self._layer(*il, results[self.points[il[0]]], carriers, predictions, W_U,
+                                                     n_boot, level),
+                              list(enumerate(self.layers)), _n_threads(self.n_threads, torch.device("cpu")))
         positions = Counter(p for _, p in carriers)
         return Geometry(
             name, corpus, self.windows.shape[0], self.windows.shape[1], self.windows.numel(), self.k, self.lid_points,
@@ -298,10 +307,8 @@ class GeometryPass:
         est = _lid(sample.vectors, self.k, self.seed, n_spare=int((~away).sum()))
         lid = est.dimension_pw_
         stats = CollapseStats.merged(groups)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # S_W is singular when D > samples; pinv is documented
-            metrics = stats.metrics(classifier=W_U)
-            ci = jackknife_intervals(groups, level=level, classifier=W_U, full=metrics) if len(groups) > 1 else {}
+        metrics = stats.metrics(classifier=W_U)
+        ci = jackknife_intervals(groups, level=level, classifier=W_U, n_jobs=1, full=metrics) if len(groups) > 1 else {}
         self._nc4(metrics, stats, sample, None, predictions)
         # the same without the carrier tokens: out of the LID sample, their features out of the statistics
         classes = set(self.classes.tolist())
@@ -310,13 +317,11 @@ class GeometryPass:
             stats.remove(torch.stack([self.held[c][i] for c in drop]),
                          torch.tensor([int(self.windows[w, p + 1]) for w, p in drop]))
         kept: dict[str, float] = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                kept = stats.metrics(classifier=W_U)
-                self._nc4(kept, stats, sample, away, predictions)
-            except ValueError:  # fewer than 2 classes left: the carriers were (nearly) every token
-                pass
+        try:
+            kept = stats.metrics(classifier=W_U)
+            self._nc4(kept, stats, sample, away, predictions)
+        except ValueError:  # fewer than 2 classes left: the carriers were (nearly) every token
+            pass
         lid_w = lid if away.all() else _lid_without(est, (~away).nonzero().squeeze(1).numpy())
         without: dict[str, Any] = {"n_removed": int((~away).sum()), "collapse": kept}
         missing = [what for what, gone in (("the LID", lid_w is None), ("the collapse metrics", not kept)) if gone]
@@ -349,7 +354,7 @@ def _lid(sample: torch.Tensor, k: int, seed: int, n_spare: int = 0) -> LocalTwoN
     distinct = len(_dedup(X)[0]) if len(X) else 0  # the estimator's own duplicate rule, checked here for a clear message
     if distinct <= k + 1:
         raise ProbeError(f"only {distinct} distinct token vectors for k={k} neighbours; sample more tokens or lower --k")
-    return LocalTwoNN(n_neighbors=k, max_points=None, seed=seed, n_spare=min(n_spare, k)).fit(X)
+    return LocalTwoNN(n_neighbors=k, max_points=None, seed=seed, n_spare=min(n_spare, k), n_threads=1).fit(X)
 
 
 def _lid_without(est: LocalTwoNN, rows: np.ndarray) -> np.ndarray | None:

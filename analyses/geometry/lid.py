@@ -139,27 +139,28 @@ def _faiss_threads() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
 
 
-def _candidates_faiss(X32: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _candidates_faiss(X32: np.ndarray, m: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """faiss ``IndexFlatL2`` search for the ``m + 1`` nearest rows of every row
     (float32). Returns the float32 squared distances and indices with the row
     itself removed by index (a duplicate may come before it; where it is not
     among the ``m + 1``, the last one is dropped), each ``(n, m)`` ascending,
     and the largest squared distance returned per row, a lower bound (in
     float32) for every row not returned."""
-    d2, ind = _faiss_search(X32, m + 1)
+    d2, ind = _faiss_search(X32, m + 1, threads)
     keep = ind != np.arange(len(X32))[:, None]
     keep[keep.all(axis=1), -1] = False
     return d2[keep].reshape(-1, m), ind[keep].reshape(-1, m).astype(np.int64), d2[:, -1]
 
 
-def _faiss_search(X32: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``IndexFlatL2(X32).search(X32, k)`` on every usable core (``OMP_NUM_THREADS``
-    when set). faiss' OpenMP thread count is put back to 1 afterwards: left at
+def _faiss_search(X32: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``IndexFlatL2(X32).search(X32, k)`` on ``threads`` threads (default every usable
+    core, ``OMP_NUM_THREADS`` when set; OpenMP's count is per calling thread). faiss'
+    OpenMP thread count is put back to 1 afterwards: left at
     2 it made the torch code that follows (the pointwise TwoNN) up to 40x slower
     on a 2-core machine, the two libraries' OpenMP threads competing."""
     import faiss
 
-    faiss.omp_set_num_threads(_faiss_threads())
+    faiss.omp_set_num_threads(threads or _faiss_threads())
     try:
         index = faiss.IndexFlatL2(X32.shape[1])
         index.add(X32)
@@ -281,7 +282,7 @@ def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | No
 
     ``block`` is the number of rows per block of the torch (CUDA) search.
     ``n_threads`` (CPU; default: ``OMP_NUM_THREADS`` when set, else every
-    usable core) is the number of threads of the float64 re-check, each
+    usable core) is the number of threads of the faiss search and of the float64 re-check, each
     running torch on one thread over a contiguous block of rows (the result
     does not depend on it). Returns ``(distances, indices)``, each ``(N, k)``, sorted ascending
     (distances float64, indices int64).
@@ -294,7 +295,7 @@ def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | No
     X64 = _as_centered64(Xn, dev)
     m = _margin(n, k)
     if dev.type == "cpu":
-        d32, cand, last = _candidates_faiss(X64.numpy().astype(np.float32), m)
+        d32, cand, last = _candidates_faiss(X64.numpy().astype(np.float32), m, _n_threads(n_threads, dev))
     else:
         d32, cand, last = _candidates_torch(X64.float(), m, block)
     sq = (X64 * X64).sum(dim=1)
