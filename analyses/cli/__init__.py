@@ -13,9 +13,9 @@ The commands import the analyses they run inside their bodies, so ``probe --help
 from analyses.cli.app import app, main
 
 # imported for their commands, in the order ``probe --help`` lists them
-from analyses.cli import inspect, massive, ablate, geometry, report, training  # noqa: E402, I001
+from analyses.cli import inspect, massive, sinks, ablate, geometry, report, training  # noqa: E402, I001
 
-__all__ = ["app", "main", "ablate", "geometry", "inspect", "massive", "report", "training"]
+__all__ = ["app", "main", "ablate", "geometry", "inspect", "massive", "report", "sinks", "training"]
 
 if __name__ == "__main__":
     main()
