@@ -1,0 +1,124 @@
+"""The outlier lifecycle: super weight -> massive activation -> attention sink -> loss.
+
+Massive activations act as fixed attention biases (Sun et al. 2024, arXiv 2402.17762, §4); the
+first token becomes an attention sink whose key acts as a bias (Gu et al. 2024, arXiv 2410.10781);
+weight outliers cause activation outliers, which cause attention outliers (An et al. 2025,
+"Systematic Outliers in Large Language Models", ICLR, arXiv 2502.06415). :func:`lifecycle` measures
+that chain, on the unedited model and with each ablation plan applied (then restored):
+
+- the massive activation: per layer the largest ``|value|`` of the residual stream
+  (``blocks.{l}.hook_resid_post``, :class:`probe.reducers.MaxMedian`, whose max is exact);
+- the attention sink: per layer the mean attention that queries ``t >= 1`` give to the first
+  token and Gu et al.'s ``sink_frac`` (:func:`analyses.attention.sinks.sinks`), in the same forward
+  passes over the scan's windows;
+- the loss: perplexity on the evaluation windows (:func:`analyses.ablate.run.run_plans`, shared
+  prefixes; a table already computed for the same plans is reused).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from analyses.ablate.data import Plan
+from analyses.ablate.weights import applied
+from analyses.attention.sinks import Sinks, sinks
+from probe.arch import n_layers
+from probe.capture import capture
+from probe.display import Figured
+from probe.reducers import MaxMedian
+
+
+@dataclass
+class Stage:
+    """One state of the model: unedited (``plan`` None) or with ``plan`` applied."""
+
+    label: str
+    plan: dict[str, Any] | None
+    massive_max: list[float]
+    mean_attn_first: list[float]
+    sink_frac: list[float]
+    ppl: float
+    ppl_ratio: float
+
+
+@dataclass
+class Lifecycle(Figured):
+    """Result of :func:`lifecycle`: ``stages[0]`` is the unedited model, ``sinks`` its full sink
+    profile (per head); ``figure()`` reads left to right: massive activation, attention sink, loss."""
+
+    model: str
+    origin_layer: int | None
+    eps: float
+    sinks: Sinks
+    stages: list[Stage] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "origin_layer": self.origin_layer, "eps": self.eps, "sinks": self.sinks.to_dict(),
+                "stages": [asdict(s) for s in self.stages]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per stage: the massive activation at the origin and last layers, the last layer's
+        attention on the first token, Sink_eps over all layers, and the perplexity."""
+        o = self.origin_layer if self.origin_layer is not None else 0
+        return [{"stage": s.label, f"max |h| layer {o}": round(s.massive_max[o], 1),
+                 "max |h| last layer": round(s.massive_max[-1], 1),
+                 "attention on first token, last layer": round(s.mean_attn_first[-1], 3),
+                 "sink_frac, mean over layers": round(sum(s.sink_frac) / len(s.sink_frac), 3),
+                 "ppl": round(s.ppl, 3), "x baseline": round(s.ppl_ratio, 3)} for s in self.stages]
+
+
+def label(plan: Plan) -> str:
+    """A short name of a plan: ``super W_down[d, n] @11``, ``zero k=5 @11``, ``random k=5 seed 0 @11``."""
+    if plan.mode == "super":
+        return f"super weight W_down[{plan.dims[0] if plan.dims else '?'}, {plan.neurons[0]}] @{plan.layer}"
+    seed = f" seed {plan.seed}" if plan.seed is not None else ""
+    return f"{plan.mode} k={plan.k}{seed} @{plan.layer}"
+
+
+def _pass(model: Any, tokenizer: Any, name: str, scan: Any, eps: float, batch_size: int) -> tuple[Sinks, list[float]]:
+    """The sink profile and the per-layer max ``|h|`` of the residual stream, in one pass over the scan's windows."""
+    points = "blocks.*.hook_resid_post"
+    with capture(model, points, MaxMedian(stride=7)) as cap:
+        found = sinks(model, tokenizer, name, scan=scan, eps=eps, batch_size=batch_size)
+    return found, [cap[f"blocks.{l}.hook_resid_post"].max for l in range(n_layers(model))]
+
+
+def lifecycle(model: Any, tokenizer: Any, scan: Any, plans: list[Plan], eval_windows: torch.Tensor,
+              name: str = "model", eps: float = 0.3, batch_size: int = 8, table: dict[str, Any] | None = None,
+              progress: Callable[[int], None] | None = None) -> Lifecycle:
+    """The chain of the module docstring for the unedited model and each plan in ``plans``, on the
+    windows of ``scan`` (a :class:`~analyses.massive.locate.MassiveScan`); perplexity on
+    ``eval_windows``, from ``table`` (a :func:`~analyses.ablate.run.run_plans` result holding these
+    plans) when given, else computed."""
+    from analyses.ablate.run import run_plans
+
+    if table is None or any(_key(p.to_dict()) not in {_key(r) for r in table["results"]} for p in plans):
+        table = run_plans(model, eval_windows, plans)
+    ppl = {_key(r): r["ppl"] for r in table["results"]}
+    base_ppl = table["baseline"]["ppl"]
+    out: Lifecycle | None = None
+    for plan in [None, *plans]:
+        with applied(model, plan) if plan is not None else nullcontext():
+            found, maxes = _pass(model, tokenizer, name, scan, eps, batch_size)
+        value = base_ppl if plan is None else ppl[_key(plan.to_dict())]
+        stage = Stage("original" if plan is None else label(plan), None if plan is None else plan.to_dict(), maxes,
+                      [l.mean_attn_first for l in found.layers], [l.sink_frac for l in found.layers], value,
+                      value / base_ppl)
+        if out is None:
+            out = Lifecycle(name, scan.origin_layer, eps, found)
+        out.stages.append(stage)
+        if progress:
+            progress(1)
+    assert out is not None
+    return out
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A plan's identity in a :func:`~analyses.ablate.run.run_plans` row (whose ``value`` is the
+    measured perplexity, not the plan's residual value)."""
+    return tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                 for key, v in sorted(row.items()) if key in Plan.__dataclass_fields__ and key != "value")
