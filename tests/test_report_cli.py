@@ -57,12 +57,14 @@ def test_report_files(report: Path) -> None:
     html = (report / "report.html").read_text()
     results = json.loads((report / "results.json").read_text())
     assert html.count("plotly.js v") == 1  # the library inlined once
-    assert set(results) >= {"header", "massive", "ablation", "geometry", "origin_detail"}
+    assert set(results) >= {"header", "massive", "ablation", "lifecycle", "geometry", "origin_detail"}
     assert results["massive"]["origin_layer"] == 11 and results["massive"]["massive_neurons"][0] == 1229
     assert results["header"]["command"].startswith("probe report --out")
     assert len(results["geometry"]["layers"]) == 30
     assert f'{results["ablation"]["baseline"]["ppl"]:.2f}' in html  # the numbers in the text are the results'
-    assert len(re.findall(r'<div id="fig-', html)) == len(html_figures(html)) == 11  # 9 + the window-protocol comparison + LID across scales
+    # 9 + the window-protocol comparison + LID across scales + the lifecycle's two
+    assert len(re.findall(r'<div id="fig-', html)) == len(html_figures(html)) == 13
+    assert results["lifecycle"]["origin_layer"] == 11 and "Outlier lifecycle" in html
     assert results["protocol"]["prepend"] == "auto" and results["protocol"]["ids"] == []  # SmolLM2 adds nothing
     assert "window protocol" in html and "Window protocol: does the picture move?" in html
     assert (report / "report.html").stat().st_size < 8_000_000
@@ -75,7 +77,7 @@ def test_static_pngs_are_plotlys_own_export(chrome: str, report: Path) -> None:
     pngs = sorted(report.glob("*.png"))
     assert [p.name for p in pngs][:2] == ["01-massive-activations-per-layer-1.png",
                                            "02-massive-activations-per-layer-2.png"]
-    assert len(pngs) == len(figures) == 11
+    assert len(pngs) == len(figures) == 13
     for png, fig in zip(pngs, figures):
         width, height = figure_size(fig)
         assert png.read_bytes() == pio.to_image(fig, format="png", width=width, height=height, scale=2), png.name

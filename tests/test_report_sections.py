@@ -3,7 +3,7 @@ order; titles carry the model's own name and each path once; long lists are cut 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 
@@ -112,3 +112,26 @@ def test_scan_and_geometry_share_one_forward_pass(smol, monkeypatch):
 @contextmanager
 def _bar():
     yield lambda n: None
+
+
+def test_lifecycle_section_reuses_the_ablation_table(smol, monkeypatch):
+    """The lifecycle section brings the scan, measures 5 stages (the unedited model, the super weight,
+    top-k zeroed and kept alone, a random control), and takes the perplexities from the ablation
+    section's table instead of evaluating again."""
+    import analyses.ablate.run as run_module
+
+    cfg = S.ReportConfig(n_seqs=3, seq_len=32, eval_seqs=2, eval_len=48, compare_prepend=False, seeds=1,
+                         ablation_ks=(5,))
+    assert S.parse_sections(["lifecycle"]) == ["massive", "lifecycle"]
+    run = S.Run(smol, cfg, S.parse_sections(["ablation", "lifecycle"]))
+    S.run_sections(run, lambda label, total: nullcontext(lambda n: None))
+    evaluated = []
+    monkeypatch.setattr(run_module, "run_plans", lambda *a, **kw: evaluated.append(a) or {})
+    parts = S.lifecycle_report(run)
+    assert evaluated == []  # every lifecycle plan is in the ablation table
+    assert [p.title for p in parts] == ["Outlier lifecycle"] and len(parts[0].figures) == 2
+    stages = run.results["lifecycle"]["stages"]
+    assert [s["plan"]["mode"] if s["plan"] else None for s in stages] == [None, "super", "zero", "retain", "random"]
+    table = {(r["mode"], r["k"], r["seed"]): r["ppl"] for r in run.results["ablation"]["results"]}
+    assert stages[1]["ppl"] == table[("super", 1, None)] and stages[4]["ppl"] == table[("random", 5, 0)]
+

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from analyses.report.html import Section
 from probe.errors import ProbeError
 
-SECTIONS = ("massive", "ablation", "lid", "collapse")  # report order
+SECTIONS = ("massive", "ablation", "lifecycle", "lid", "collapse")  # report order
 TOP = 10  # rows of a long list shown in the report; results.json has them all
 
 
@@ -57,8 +57,8 @@ def parse_sections(chosen: Sequence[str]) -> list[str]:
         raise ProbeError(f"unknown report section {', '.join(map(repr, bad))}: choose from {', '.join(SECTIONS)}")
     if not chosen:
         raise ProbeError(f"no report section chosen: choose from {', '.join(SECTIONS)}")
-    if "ablation" in chosen and "massive" not in chosen:
-        chosen.insert(0, "massive")  # ablations edit the weights the scan finds
+    if {"ablation", "lifecycle"} & set(chosen) and "massive" not in chosen:
+        chosen.insert(0, "massive")  # ablations and the lifecycle edit the weights the scan finds
     return [s for s in SECTIONS if s in chosen]
 
 
@@ -252,6 +252,46 @@ def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> 
     return [Section("Ablations: zero, retain, random", text, [table.figure()], table=[
         {"mode": r["mode"], "k": r["k"], "seed": r["seed"], "ppl": round(r["ppl"], 3), "x baseline": round(r["ratio"], 3)}
         for r in table["results"]])]
+
+
+def lifecycle_plans(run: Run) -> list[Any]:
+    """The lifecycle's edits: the super weight, the top-``k`` massive weights zeroed and kept alone,
+    and one random control of ``k`` rows (the same plans as the ablation section's)."""
+    from analyses.ablate.plans import make_plans
+
+    model, result, k = run.loaded.model, run.scan, run.cfg.k
+    return (make_plans(model, None, result, "super", [1]) + make_plans(model, None, result, "zero", [k])
+            + make_plans(model, None, result, "retain", [k]) + make_plans(model, None, result, "random", [k], seeds=1))
+
+
+@section("lifecycle", label="lifecycle", steps=lambda cfg: 5)
+def lifecycle_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
+    """Super weight -> massive activation -> attention sink -> loss (:mod:`analyses.attention.lifecycle`)."""
+    from analyses.attention.lifecycle import lifecycle
+    from analyses.evaluate.likelihood import eval_windows
+
+    cfg, result = run.cfg, run.scan
+    if result.origin_layer is None:
+        run.results["lifecycle"] = None
+        return [Section("Outlier lifecycle", "Skipped: the scan found no massive activation, so no weights to edit.")]
+    model, tok = run.loaded.model, run.loaded.tokenizer
+    ev = eval_windows(tok, cfg.corpus, seq_len=cfg.eval_len, n_seqs=cfg.eval_seqs, prepend=cfg.prepend)
+    lc = lifecycle(model, tok, result, lifecycle_plans(run), ev, name=run.loaded.name,
+                   table=run.results.get("ablation"), progress=progress)
+    run.results["lifecycle"] = lc.to_dict()
+    base, sw = lc.sinks, lc.stages[1]
+    o, last = result.origin_layer, len(base.layers) - 1
+    text = (f"Attention that the queries after the first token give to it, per layer and head, on the scan's "
+            f"{base.n_seqs} windows: Sink_{base.eps:g} (Gu et al. 2024, the share of heads whose mean "
+            f"attention on the first token exceeds {base.eps:g}) is {base.sink_rate:.2f} over all layers; it first "
+            f"reaches 0.5 at layer {base.onset_layer} and stays there from layer {base.sustained_onset_layer} on; the "
+            f"massive activation appears at layer {o}. Then each edit, applied and restored: zeroing the super weight "
+            f"takes the largest |h| at layer {o} from {lc.stages[0].massive_max[o]:.0f} to {sw.massive_max[o]:.0f}, the "
+            f"last layer's attention on the first token from {lc.stages[0].mean_attn_first[last]:.3f} to "
+            f"{sw.mean_attn_first[last]:.3f}, and the perplexity {sw.ppl_ratio:.2f}x; the layers before {o} are "
+            f"untouched (massive activations act as attention biases, Sun et al. 2024; weight outliers cause "
+            f"activation outliers cause attention outliers, An et al. 2025).")
+    return [Section("Outlier lifecycle", text, [base.figure(), lc.figure()], table=lc.rows())]
 
 
 @section("lid", "collapse", label="geometry", steps=lambda cfg: cfg.geometry_seqs)
