@@ -5,6 +5,8 @@ sinks were measured on a massive scan's windows, its origin layer marked (``Sink
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -71,17 +73,19 @@ def lifecycle_figure(result: Lifecycle) -> go.Figure:
                                  hovertemplate=f"{name}<br>layer %{{x}}: attention on first token = %{{y:.3f}}"
                                                "<extra></extra>"), 1, 2)
         fig.add_trace(go.Bar(x=[s.ppl_ratio], y=[name], orientation="h", marker={"color": color}, legendgroup=name,
-                             showlegend=False, hovertemplate=f"{name}<br>ppl {s.ppl:.2f} = %{{x:.2f}} x original"
+                             showlegend=False, text=[f"{s.ppl_ratio:.2f}x"], textposition="outside", hovertemplate=f"{name}<br>ppl {s.ppl:.2f} = %{{x:.2f}} x original"
                                                              "<extra></extra>"), 1, 3)
     if result.origin_layer is not None:
         for col in (1, 2):
             fig.add_vline(x=result.origin_layer, line={"color": HIGHLIGHT, "width": 1, "dash": "dash"}, row=1, col=col)
     fig.update_yaxes(type="log", title_text="max |h|", row=1, col=1)
     fig.update_yaxes(title_text="mean attention", range=[0, 1], row=1, col=2)
-    fig.update_yaxes(autorange="reversed", row=1, col=3)
+    fig.update_yaxes(autorange="reversed", showticklabels=False, row=1, col=3)  # the legend names the stages
     fig.update_xaxes(title_text="layer", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)
-    fig.update_xaxes(type="log", title_text="ppl / original", row=1, col=3)
+    top = max(s.ppl_ratio for s in result.stages)
+    fig.update_xaxes(type="log", title_text="ppl / original", range=[-0.05, math.log10(max(top, 1.0)) + 0.35],
+                     row=1, col=3)
     text = (f"Outlier lifecycle of {esc(result.model)}: weight edit -> massive activation -> attention sink -> loss "
             f"(origin layer {result.origin_layer}, dashed)")
     return titled(fig, text, hovermode="closest", height=480, legend={"orientation": "h", "y": -0.2})
