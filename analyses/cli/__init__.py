@@ -13,7 +13,7 @@ The commands import the analyses they run inside their bodies, so ``probe --help
 from analyses.cli.app import app, main
 
 # imported for their commands, in the order ``probe --help`` lists them
-from analyses.cli import inspect, massive, sinks, ablate, geometry, report, training  # noqa: E402, I001
+from analyses.cli import inspect, massive, sinks, ablate, census, geometry, report, training  # noqa: E402, I001
 
 __all__ = ["app", "main", "ablate", "geometry", "inspect", "massive", "report", "sinks", "training"]
 
