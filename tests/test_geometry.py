@@ -236,3 +236,29 @@ def test_cli_geometry_json():
         assert bad.returncode == 2 and "--ablate" in bad.stderr
     bad = subprocess.run([probe, "geometry", "--layers", "31"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_collapse_updates_on_the_worker_equal_updates_in_place():
+    """NextTokenCollapse queues CollapseStats.partial_fit on a worker thread; in order, so the
+    accumulators are those of calling partial_fit in the hook, float for float."""
+    from analyses.geometry.layers import NextTokenCollapse
+    from probe.reducers import Batch
+
+    torch.manual_seed(0)
+    classes = torch.tensor([1, 2, 3, 5])
+    reducer = NextTokenCollapse(classes, groups=2)
+    ref = [CollapseStats(per_class_scatter=False) for _ in range(2)]
+    for r in ref:
+        r._grow(classes.numpy(), 8)
+    for offset in (0, 3, 6):
+        tokens = torch.randint(0, 7, (3, 10))
+        x = torch.randn(3, 10, 8)
+        reducer.update(x, Batch(tokens, offset, None))
+        labels = tokens[:, 1:]
+        keep = torch.isin(labels, classes)
+        for g in sorted({(offset + row) % 2 for row in range(3)}):
+            rows = torch.tensor([(offset + row) % 2 == g for row in range(3)])
+            ref[g].partial_fit(x[rows][:, :-1][keep[rows]].double(), labels[rows][keep[rows]])
+    for got, want in zip(reducer.result(), ref):
+        assert np.array_equal(got.counts_, want.counts_) and np.array_equal(got.means_, want.means_)
+        assert np.array_equal(got.scatter_, want.scatter_)

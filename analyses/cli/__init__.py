@@ -15,7 +15,7 @@ from analyses.cli.app import app, main
 # imported for their commands, in the order ``probe --help`` lists them
 from analyses.cli import inspect, massive, sinks, ablate, census, geometry, report, training  # noqa: E402, I001
 
-__all__ = ["app", "main", "ablate", "geometry", "inspect", "massive", "report", "sinks", "training"]
+__all__ = ["app", "main", "ablate", "census", "geometry", "inspect", "massive", "report", "sinks", "training"]
 
 if __name__ == "__main__":
     main()

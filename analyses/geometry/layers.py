@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -65,7 +66,11 @@ from probe.reducers import Batch, Reducer, Reservoir
 class NextTokenCollapse(Reducer):
     """Feeds ``groups`` :class:`CollapseStats` (window ``i`` into group ``i mod groups``) with the
     features of positions ``t`` labelled by token ``t+1``, keeping only labels in ``classes`` (and
-    real, unpadded positions). The result is the list of group accumulators."""
+    real, unpadded positions). The result is the list of group accumulators.
+
+    The float64 updates (``CollapseStats.partial_fit``, a ``D x D`` product per group and batch)
+    run on one worker thread, in order, while the forward pass goes on (they use NumPy's BLAS, the
+    forward torch's MKL): the same accumulators, float for float, as updating in the hook."""
 
     name = "collapse"
 
@@ -73,24 +78,45 @@ class NextTokenCollapse(Reducer):
         if groups < 1:
             raise ProbeError(f"groups must be at least 1, got {groups}")
         self.classes = classes
-        self.groups = [CollapseStats(min_count=min_count, per_class_scatter=False) for _ in range(groups)]
+        self._groups = [CollapseStats(min_count=min_count, per_class_scatter=False) for _ in range(groups)]
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[Future[Any]] = []
+
+    @property
+    def groups(self) -> list[CollapseStats]:
+        """The group accumulators, once every queued update is in."""
+        self._drain()
+        return self._groups
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            for job in pending:
+                job.result()  # in order; re-raises a failed update here
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
 
     def update(self, x: torch.Tensor, batch: Batch) -> None:
         if batch.tokens is None:
             raise ProbeError("next-token collapse needs the input ids of the batch")
-        if self.groups[0].dim_ is None:  # all classes up front: the state has its final size from the start
-            for stats in self.groups:
+        if self._groups[0].dim_ is None:  # all classes up front: the state has its final size from the start
+            for stats in self._groups:
                 stats._grow(self.classes.numpy(), x.shape[-1])
         labels = batch.tokens[:, 1:].to(x.device)
         keep = torch.isin(labels, self.classes.to(x.device))
         if batch.mask is not None:
             mask = batch.mask.to(device=x.device, dtype=torch.bool)
             keep &= mask[:, 1:] & mask[:, :-1]
-        group = (torch.arange(x.shape[0]) + batch.offset) % len(self.groups)
+        group = (torch.arange(x.shape[0]) + batch.offset) % len(self._groups)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="collapse")
         for g in group.unique().tolist():
             rows = (group == g).to(x.device)
             sel = keep[rows]
-            self.groups[g].partial_fit(x[rows][:, :-1][sel].double().cpu(), labels[rows][sel].cpu())
+            features, targets = x[rows][:, :-1][sel].double().cpu(), labels[rows][sel].cpu()  # copies: the hook's x may go
+            self._pending.append(self._worker.submit(self._groups[g].partial_fit, features, targets))
 
     @property
     def stats(self) -> CollapseStats:

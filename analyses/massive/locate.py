@@ -210,7 +210,7 @@ def scan(
         r = resid[f"blocks.{l}.hook_resid_post"]
         med = r["stats"].median
         top = _entries(r["top"], tok)
-        entries = _entries(r["big"], tok)
+        entries = _entries(r["big"], tok, above=min(ratio, *RATIOS) * med)  # no ratio below looks at the others
         big_by_layer.append(entries)
         massive = [e for e in entries if abs(e["value"]) > ratio * med]
         post = ffn[f"blocks.{l}.mlp.hook_post"]["stats"]
@@ -261,12 +261,14 @@ def read_weights(model: torch.nn.Module, cells: list[tuple[int, int, int]], laye
     return values, norms
 
 
-def _entries(found: Any, tok: Callable[[int], str]) -> list[dict[str, Any]]:
-    """The entries of a :class:`probe.reducers.TopKResult` as dicts (value, batch, position, dim,
-    token); read as Python lists once (iterating the tensors makes a view per entry)."""
+def _entries(found: Any, tok: Callable[[int], str], above: float = -1.0) -> list[dict[str, Any]]:
+    """The entries of a :class:`probe.reducers.TopKResult` with ``|value| > above`` as dicts (value,
+    batch, position, dim, token); read as Python lists once (iterating the tensors makes a view per
+    entry)."""
     names: dict[int, str] = {}
     out = []
-    for v, ix, t in zip(found.values.tolist(), found.indices.tolist(), found.tokens.tolist()):
+    keep = found.values.double().abs() > above  # in float64, as the later comparisons of the Python floats
+    for v, ix, t in zip(found.values[keep].tolist(), found.indices[keep].tolist(), found.tokens[keep].tolist()):
         if t not in names:
             names[t] = tok(t)
         out.append({"value": v, "batch": ix[0], "position": ix[1], "dim": ix[-1], "token": names[t]})
