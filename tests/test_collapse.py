@@ -471,3 +471,24 @@ def test_jackknife_intervals_by_hand():
         vals = np.array([m[key] for m in loo])
         se = np.sqrt(3 / 4 * ((vals - vals.mean()) ** 2).sum())
         assert got[key] == pytest.approx((full[key] - q * se, full[key] + q * se), rel=1e-8)
+
+
+def test_merged_with_jackknife_equals_merge_and_jackknife() -> None:
+    """One alignment of the groups gives the merge (to rounding), its metrics and the same intervals."""
+    from analyses.geometry.collapse import jackknife_intervals, merged_with_jackknife
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(600, 12)), rng.integers(0, 9, size=600)
+    X += 3 * rng.normal(size=(9, 12))[y]
+    W = rng.normal(size=(9, 12))
+    groups = [CollapseStats().fit(X[i::4], y[i::4]) for i in range(4)]
+    merged, full, ci = merged_with_jackknife(groups, classifier=W)
+    ref = CollapseStats.merged(groups)
+    np.testing.assert_allclose(merged.scatter_, ref.scatter_, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(merged.counts_, ref.counts_)
+    want = ref.metrics(classifier=W)
+    assert full.keys() == want.keys()
+    for key, value in want.items():
+        assert full[key] == pytest.approx(value, rel=1e-9), key
+    same = jackknife_intervals(groups, classifier=W, full=full)
+    assert ci == same

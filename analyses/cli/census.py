@@ -18,12 +18,13 @@ from analyses.cli.options import Backend, CorpusOpt, JsonOpt, ModelArgs, SeqLenO
 def census_cmd(
     model: ModelArgs,
     layers: Optional[str] = typer.Option(None, "--layers", help="Layers to census, e.g. 0,1,10-12 (default: all)."),
-    candidates: int = typer.Option(8, "--candidates", help="Spike candidates per layer (the scan's own are added)."),
-    controls: int = typer.Option(32, "--controls", help="Matched controls per candidate (same |w| quantile band)."),
+    candidates: int = typer.Option(2, "--candidates", help="Spike candidates per layer (the scan's own are added)."),
+    controls: int = typer.Option(8, "--controls", help="Matched controls per candidate (same |w| quantile band; "
+                                 "with few, their p99 is nearly their max: raise it where compute allows)."),
     corpus: str = CorpusOpt,
     n_seqs: int = typer.Option(16, "--n-seqs", help="Scan windows (spike ranking)."),
     seq_len: int = SeqLenOpt,
-    eval_seqs: int = typer.Option(16, "--eval-seqs", help="Evaluation windows (delta loss, bootstrap over them)."),
+    eval_seqs: int = typer.Option(8, "--eval-seqs", help="Evaluation windows (delta loss, bootstrap over them)."),
     eval_len: int = typer.Option(64, "--eval-len", help="Tokens per evaluation window."),
     seed: int = typer.Option(0, "--seed", help="Seed of the controls and of the bootstrap."),
     rows: int = typer.Option(32, "--rows", help="Rows (windows x edits) per edited forward pass."),

@@ -108,7 +108,7 @@ import numpy as np
 from scipy.linalg import blas, lapack
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["CollapseStats", "bootstrap_intervals", "jackknife_intervals"]
+__all__ = ["CollapseStats", "bootstrap_intervals", "jackknife_intervals", "merged_with_jackknife"]
 
 Array = np.ndarray
 
@@ -676,51 +676,64 @@ class _Aligned:
         out.scatter_, out.class_scatter_ = scatter, class_scatter
 
 
-def _replicates(groups: Sequence[CollapseStats], weights: Array, classifier: Any | None,
+class _Resampler:
+    """The groups' states on one label index with each group's scatter taken about the class means
+    of all groups (``tee``): the accumulator of the groups merged with weights ``w`` (:meth:`stats`)
+    then costs one ``C x D`` rank update, ``S(w) = sum_g w_g T_g - E^T E`` with
+    ``E_c = sqrt(n_c(w)) (mu_c(w) - mu_c)`` (0 for ``w = 1``: the plain merge)."""
+
+    def __init__(self, groups: Sequence[CollapseStats]) -> None:
+        parts = _Aligned.of(groups)
+        if parts.dim is None:
+            raise ValueError("the groups hold no samples")
+        self.parts, self.template, g = parts, groups[0], len(groups)
+        with _BLAS.limit(limits=1, user_api="blas"):
+            self.ref = parts.weighted_means(np.ones(g), parts.counts.sum(0))
+            rows = np.sqrt(parts.counts)[..., None] * (parts.means - self.ref[None])
+            self.tee = parts.scatter + np.stack([r.T @ r for r in rows])
+            self.m2t = parts.m2_trace + (rows**2).sum(2)
+            self.cls_tee = None
+            if parts.class_scatter is not None:
+                self.cls_tee = parts.class_scatter + np.einsum("gcd,gce->gcde", rows, rows)
+            self.flat_unit = parts.unit_sum.reshape(g, -1)
+
+    def stats(self, w: Array) -> CollapseStats:
+        """The groups merged with weights ``w`` (``stats[g]``'s data counted ``w[g]`` times)."""
+        parts = self.parts
+        n = w @ parts.counts
+        mean = parts.weighted_means(w, n)
+        e = np.where((n > 0)[:, None], mean - self.ref, 0.0) * np.sqrt(n)[:, None]
+        scatter = np.tensordot(w, self.tee, axes=1)
+        if np.any(w != 1.0):  # E = 0 for the plain merge
+            scatter -= e.T @ e
+        m2 = w @ self.m2t - (e**2).sum(1)
+        class_scatter = None
+        if self.cls_tee is not None:
+            class_scatter = np.tensordot(w, self.cls_tee, axes=1) - np.einsum("cd,ce->cde", e, e)
+        out = CollapseStats(**self.template._params())
+        parts.fill(out, n, mean, m2, w @ self.flat_unit, w @ parts.unit_sq, scatter, class_scatter)
+        return out
+
+    def metrics(self, w: Array, classifier: Any | None) -> dict[str, float] | None:
+        """:meth:`CollapseStats.metrics` of :meth:`stats` (``None`` with fewer than 2 usable classes)."""
+        try:
+            return self.stats(w).metrics(classifier=classifier)
+        except ValueError:
+            return None
+
+
+def _replicates(groups: Sequence[CollapseStats] | _Resampler, weights: Array, classifier: Any | None,
                 n_jobs: int | None) -> list[dict[str, float] | None]:
     """The metrics of the groups merged with each row of ``weights`` (``None`` where they fail)."""
-    parts = _Aligned.of(groups)
-    if parts.dim is None:
-        raise ValueError("the groups hold no samples")
-    g = len(groups)
-    template = groups[0]
+    resampler = groups if isinstance(groups, _Resampler) else _Resampler(groups)
     with _BLAS.limit(limits=1, user_api="blas"):
-        ref_n = parts.counts.sum(0)
-        ref = parts.weighted_means(np.ones(g), ref_n)
-        d = parts.means - ref[None]
-        rows = np.sqrt(parts.counts)[..., None] * d
-        tee = parts.scatter + np.stack([r.T @ r for r in rows])
-        m2t = parts.m2_trace + (rows**2).sum(2)
-        cls_tee = None
-        if parts.class_scatter is not None:
-            cls_tee = parts.class_scatter + np.einsum("gcd,gce->gcde", rows, rows)
-        flat_unit = parts.unit_sum.reshape(g, -1)
-
-        def replicate(w: Array) -> dict[str, float] | None:
-            n = w @ parts.counts
-            mean = parts.weighted_means(w, n)
-            e = np.where((n > 0)[:, None], mean - ref, 0.0) * np.sqrt(n)[:, None]
-            scatter = np.tensordot(w, tee, axes=1) - e.T @ e
-            m2 = w @ m2t - (e**2).sum(1)
-            class_scatter = None
-            if cls_tee is not None:
-                class_scatter = np.tensordot(w, cls_tee, axes=1) - np.einsum("cd,ce->cde", e, e)
-            out = CollapseStats(**template._params())
-            parts.fill(out, n, mean, m2, w @ flat_unit, w @ parts.unit_sq, scatter, class_scatter)
-            try:
-                return out.metrics(classifier=classifier)
-            except ValueError:
-                return None
-
         jobs = n_jobs if n_jobs is not None else min(2, os.cpu_count() or 1)
         with warnings.catch_warnings():  # here, not per replicate: the filters are global, not per thread
             warnings.simplefilter("ignore", RuntimeWarning)
             if jobs > 1:
                 with ThreadPoolExecutor(jobs) as pool:
-                    results = list(pool.map(replicate, weights))
-            else:
-                results = [replicate(w) for w in weights]
-    return results
+                    return list(pool.map(lambda w: resampler.metrics(w, classifier), weights))
+            return [resampler.metrics(w, classifier) for w in weights]
 
 
 def bootstrap_intervals(
@@ -782,15 +795,40 @@ def jackknife_intervals(
     the windows; the spread of the ``G`` leave-one-out values measures window-to-window variation,
     and costs ``G`` metric evaluations (``G + 1`` unless ``full``, the metrics of all groups, is given).
     """
-    from scipy.stats import t as student
-
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     g = len(groups)
     if g < 2:
         raise ValueError(f"the jackknife needs at least 2 groups, got {g}")
     full = CollapseStats.merged(groups).metrics(classifier=classifier) if full is None else full
-    done = [r for r in _replicates(groups, 1.0 - np.eye(g), classifier, n_jobs) if r is not None]
+    return _jackknife(full, _replicates(groups, 1.0 - np.eye(g), classifier, n_jobs), level)
+
+
+def merged_with_jackknife(groups: Sequence[CollapseStats], level: float = 0.95, classifier: Any | None = None,
+                          n_jobs: int | None = None) -> tuple[CollapseStats, dict[str, float], dict[str, tuple[float, float]]]:
+    """``(merged, metrics, intervals)``: the groups merged (as :meth:`CollapseStats.merged`, to
+    rounding: from the same per-group scatters about the overall class means as the replicates), its
+    metrics and the :func:`jackknife_intervals` of every metric, sharing one alignment of the groups."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    g = len(groups)
+    if g < 2:
+        raise ValueError(f"the jackknife needs at least 2 groups, got {g}")
+    resampler = _Resampler(groups)
+    with _BLAS.limit(limits=1, user_api="blas"):
+        merged = resampler.stats(np.ones(g))
+    full = merged.metrics(classifier=classifier)
+    return merged, full, _jackknife(full, _replicates(resampler, 1.0 - np.eye(g), classifier, n_jobs), level)
+
+
+def _jackknife(full: dict[str, float], replicates: list[dict[str, float] | None],
+               level: float) -> dict[str, tuple[float, float]]:
+    """The t intervals of :func:`jackknife_intervals` from the full-data metrics and the ``G``
+    leave-one-out replicates."""
+    from scipy.stats import t as student
+
+    g = len(replicates)
+    done = [r for r in replicates if r is not None]
     q = float(student.ppf((1.0 + level) / 2.0, g - 1))
     out: dict[str, tuple[float, float]] = {}
     for k, theta in full.items():

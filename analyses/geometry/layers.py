@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from analyses.geometry.collapse import CollapseStats, jackknife_intervals
+from analyses.geometry.collapse import CollapseStats, merged_with_jackknife
 from analyses.geometry.gride import gride_scale_curve
 from analyses.geometry.lid import LocalTwoNN, _dedup, _n_threads, _thread_map
 from probe.arch import n_layers
@@ -332,9 +332,11 @@ class GeometryPass:
         away = torch.tensor([(int(b), int(p)) not in carriers for b, p in zip(sample.batch, sample.position)], dtype=torch.bool)
         est = _lid(sample.vectors, self.k, self.seed, n_spare=int((~away).sum()))
         lid = est.dimension_pw_
-        stats = CollapseStats.merged(groups)
-        metrics = stats.metrics(classifier=W_U)
-        ci = jackknife_intervals(groups, level=level, classifier=W_U, n_jobs=1, full=metrics) if len(groups) > 1 else {}
+        if len(groups) > 1:
+            stats, metrics, ci = merged_with_jackknife(groups, level=level, classifier=W_U, n_jobs=1)
+        else:
+            stats, ci = CollapseStats.merged(groups), {}
+            metrics = stats.metrics(classifier=W_U)
         self._nc4(metrics, stats, sample, None, predictions)
         # the same without the carrier tokens: out of the LID sample, their features out of the statistics
         classes = set(self.classes.tolist())
