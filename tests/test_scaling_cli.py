@@ -45,6 +45,7 @@ def serial_ablation() -> dict:
     return table
 
 
+@pytest.mark.slow  # a Ray start plus two workers loading the model (45 s here); tests/test_sweep.py checks Ray's table
 def test_ray_ablation_equals_the_serial_one(serial_ablation):
     assert_same_table(probe(*ABLATE, "--ray", "local", "--workers", "2"), serial_ablation)
 
