@@ -17,3 +17,13 @@ def loadavg() -> str:
 def log(msg: str) -> None:
     """Progress on stderr, so stdout keeps only the table."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def rss_kib() -> int:
+    """This process's resident set size now (``VmRSS`` of ``/proc/self/status``), in KiB."""
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise KeyError("VmRSS")

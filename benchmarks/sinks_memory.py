@@ -22,14 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import loadavg, log  # noqa: E402
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise KeyError("VmRSS")
+from benchmarks.common import loadavg, log, rss_kib  # noqa: E402
 
 
 def child(n_seqs: int) -> None:
