@@ -82,6 +82,7 @@ def test_svg_and_pdf_are_valid(chrome: str, tmp_path: Path) -> None:
     assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-64:]
 
 
+@pytest.mark.slow  # 12 s; tests/test_report_cli.py checks the PNG export of every report figure byte for byte
 def test_save_figures_one_session_many_formats(chrome: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     figs = [(f"{i:02d}-fig", go.Figure(go.Heatmap(z=rng.normal(size=(30, 256)))) if i % 2

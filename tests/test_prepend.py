@@ -63,6 +63,7 @@ def test_label():
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.slow  # 12 s; test_each_row_is_the_scan_under_that_protocol checks the comparison through the API
 def test_cli_compare_prepend_json():
     r = subprocess.run([PROBE, "scan", "--model", "smollm2", "--n-seqs", "2", "--seq-len", "32", "--compare-prepend",
                         "--prepend", "<|endoftext|>", "--json"], capture_output=True, text=True, timeout=600)

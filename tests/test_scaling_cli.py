@@ -50,6 +50,7 @@ def test_ray_ablation_equals_the_serial_one(serial_ablation):
     assert_same_table(probe(*ABLATE, "--ray", "local", "--workers", "2"), serial_ablation)
 
 
+@pytest.mark.slow  # 15 s; tests/test_remote.py checks the same simulated-NDIF ablations through the API
 def test_remote_local_ablation_equals_the_weight_edits(serial_ablation):
     """Scan, plans and interventions all in simulated NDIF requests (the 3 evaluations in 2): the
     same table (to float32 rounding: the requests batch the rows differently; tests/tables.py)."""
