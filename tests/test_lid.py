@@ -98,15 +98,21 @@ def test_knn_margin_larger_than_n() -> None:
     np.testing.assert_array_equal(i, _brute_knn(X, 19)[1])
 
 
-def test_knn_faiss_and_torch_candidates_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The faiss (CPU) and blockwise torch (CUDA) candidate searches give the same result."""
+def test_knn_cpu_and_torch_candidates_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The symmetric-block CPU (small blocks: many of them, on 1 and 3 threads) and blockwise
+    torch (CUDA) candidate searches give the same result."""
     X = _ties_and_duplicates(seed=3).astype(np.float32)
-    d_faiss, i_faiss = knn(X, 10)
-    monkeypatch.setattr(lid, "_candidates_faiss",
-                        lambda X32, m, threads=None: lid._candidates_torch(torch.from_numpy(X32), m, block=37))
+    d_cpu, i_cpu = knn(X, 10)
+    cpu = lid._candidates_cpu
+    for threads in (1, 3):
+        monkeypatch.setattr(lid, "_candidates_cpu", lambda X32, m, t, cpu=cpu, threads=threads: cpu(X32, m, threads, block=29))
+        d_blocks, i_blocks = knn(X, 10)
+        np.testing.assert_array_equal(i_cpu, i_blocks)
+        np.testing.assert_array_equal(d_cpu, d_blocks)
+    monkeypatch.setattr(lid, "_candidates_cpu", lambda X32, m, t: lid._candidates_torch(X32, m, block=37))
     d_torch, i_torch = knn(X, 10)
-    np.testing.assert_array_equal(i_faiss, i_torch)
-    np.testing.assert_array_equal(d_faiss, d_torch)
+    np.testing.assert_array_equal(i_cpu, i_torch)
+    np.testing.assert_array_equal(d_cpu, d_torch)
 
 
 def test_knn_torch_input_and_float32() -> None:
@@ -450,8 +456,8 @@ def test_local_twonn_without_equals_a_new_fit(n_spare: int, monkeypatch: pytest.
     rows = np.array([7, 8, 60, 61, 3, 100, 250])
     est = LocalTwoNN(n_neighbors=15, max_points=None, n_spare=n_spare).fit(X)
     searches = []
-    real = lid.knn
-    monkeypatch.setattr(lid, "knn", lambda *a, **kw: (searches.append(1), real(*a, **kw))[1])
+    real = lid._knn
+    monkeypatch.setattr(lid, "_knn", lambda *a, **kw: (searches.append(1), real(*a, **kw))[1])
     out = est.without(rows)
     assert len(searches) == (0 if n_spare >= 4 else 1)  # 4 distinct points go (7 has a twin that stays)
     ref = LocalTwoNN(n_neighbors=15, max_points=None).fit(np.delete(X, rows, axis=0))
@@ -461,3 +467,27 @@ def test_local_twonn_without_equals_a_new_fit(n_spare: int, monkeypatch: pytest.
     np.testing.assert_array_equal(out.neighbors_, ref.neighbors_)
     np.testing.assert_allclose(out.distances_, ref.distances_, rtol=1e-12)
     np.testing.assert_array_equal(est.without([]).dimension_pw_, est.dimension_pw_)
+
+
+@pytest.mark.parametrize(("block", "threads"), [(1024, 1), (29, 2), (7, 3)])
+def test_candidates_cpu_are_the_m_nearest_other_rows(block: int, threads: int) -> None:
+    """The symmetric-block search returns, per row, the m nearest other rows (brute force on
+    generic data, no ties), ascending, with their float32 squared distances, and the m-th as
+    the bound for the rest."""
+    X = np.random.default_rng(11).standard_normal((200, 9)).astype(np.float32)
+    m = 23
+    d32, ind, last = lid._candidates_cpu(torch.from_numpy(X), m, threads, block=block)
+    exact = ((X[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(exact, np.inf)
+    ref = np.argsort(exact, axis=1)[:, :m]
+    np.testing.assert_array_equal(np.sort(ind, axis=1), np.sort(ref, axis=1))
+    assert (np.diff(d32, axis=1) >= 0).all()
+    np.testing.assert_allclose(d32, np.take_along_axis(exact, ind, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(last, d32[:, -1])
+
+
+def test_knn_rejects_non_finite_input() -> None:
+    X = np.random.default_rng(12).standard_normal((50, 4))
+    X[7, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        knn(X, 5)

@@ -15,8 +15,9 @@ Estimators
   MacKay & Ghahramani (2005) averaging of inverses for the global value.
 
 All of them rest on :func:`knn`, exact k nearest neighbours: float32
-candidates from faiss ``IndexFlatL2`` (torch on CUDA), then float64 distances
-for the candidates that can be among the k nearest.
+candidates from the upper half of the distance matrix kept in faiss' bounded
+heaps (torch on CUDA), then float64 distances for the candidates that can be
+among the k nearest.
 
 All estimators take numpy arrays or torch tensors and expose numpy results:
 ``dimension_`` (float) and ``dimension_pw_`` (per point, where defined).
@@ -27,9 +28,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -133,44 +133,67 @@ def _margin(n: int, k: int) -> int:
     return min(n - 1, k + max(16, k // 4))
 
 
-def _faiss_threads() -> int:
-    """Threads for faiss: ``OMP_NUM_THREADS`` when set, else every usable core."""
+def _default_threads() -> int:
+    """CPU threads by default: ``OMP_NUM_THREADS`` when set, else every usable core."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
 
 
-def _candidates_faiss(X32: np.ndarray, m: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """faiss ``IndexFlatL2`` search for the ``m + 1`` nearest rows of every row
-    (float32). Returns the float32 squared distances and indices with the row
-    itself removed by index (a duplicate may come before it; where it is not
-    among the ``m + 1``, the last one is dropped), each ``(n, m)`` ascending,
-    and the largest squared distance returned per row, a lower bound (in
-    float32) for every row not returned."""
-    d2, ind = _faiss_search(X32, m + 1, threads)
-    keep = ind != np.arange(len(X32))[:, None]
-    keep[keep.all(axis=1), -1] = False
-    return d2[keep].reshape(-1, m), ind[keep].reshape(-1, m).astype(np.int64), d2[:, -1]
+def _candidates_cpu(X32: torch.Tensor, m: int, threads: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``m`` nearest other rows of every row in float32, each ``(n, m)`` ascending, and the
+    largest squared distance returned per row (in float32, a lower bound for every row not
+    returned).
 
-
-def _faiss_search(X32: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``IndexFlatL2(X32).search(X32, k)`` on ``threads`` threads (default every usable
-    core, ``OMP_NUM_THREADS`` when set; OpenMP's count is per calling thread). faiss'
-    OpenMP thread count is put back to 1 afterwards: left at
-    2 it made the torch code that follows (the pointwise TwoNN) up to 40x slower
-    on a 2-core machine, the two libraries' OpenMP threads competing."""
+    The distance matrix is symmetric, so only its blocks on and above the diagonal are computed
+    (``||a||^2 + ||b||^2 - 2 a.b``, one float32 GEMM per block of about ``block`` rows, half the
+    multiply-adds of a search of every row against every row, e.g. faiss ``IndexFlatL2``), each
+    block offered to the kept lists of its rows and, transposed, of its columns. The lists are
+    faiss' bounded max-heaps (``float_maxheap_array_t.addn``: a value enters only when it is below
+    the row's current m-th smallest, the heap's top); the row itself is kept out by index. The
+    blocks run on ``threads`` threads (torch and faiss on one thread each), a lock per row block
+    guarding its heaps; the m kept per row do not depend on the order, up to ties in float32."""
     import faiss
 
-    faiss.omp_set_num_threads(threads or _faiss_threads())
-    try:
-        index = faiss.IndexFlatL2(X32.shape[1])
-        index.add(X32)
-        return index.search(X32, k)
-    finally:
+    n = len(X32)
+    nb = max(1, round(n / block))
+    bounds = np.linspace(0, n, nb + 1).round().astype(np.int64).tolist()
+    sq = (X32 * X32).sum(dim=1)
+    val = np.empty((n, m), dtype=np.float32)
+    ids = np.empty((n, m), dtype=np.int64)
+    heaps = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        h = faiss.float_maxheap_array_t()
+        h.nh, h.k, h.val, h.ids = b - a, m, faiss.swig_ptr(val[a:b]), faiss.swig_ptr(ids[a:b])
+        h.heapify()
+        heaps.append(h)
+    locks = [threading.Lock() for _ in heaps]
+
+    def offer(I: int, D: torch.Tensor, j0: int) -> None:
+        with locks[I]:
+            heaps[I].addn(D.shape[1], faiss.swig_ptr(D.numpy()), j0, 0, D.shape[0])
+
+    def pair(IJ: tuple[int, int]) -> None:
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per thread (faiss has its own runtime)
+        I, J = IJ
+        a, b, c, d = bounds[I], bounds[I + 1], bounds[J], bounds[J + 1]
+        D = torch.addmm(sq[None, c:d], X32[a:b], X32[c:d].T, alpha=-2.0).add_(sq[a:b, None])
+        if I == J:
+            D.fill_diagonal_(float("inf"))  # the row itself
+        offer(I, D, c)
+        if I != J:
+            offer(J, D.T.contiguous(), a)
+
+    def finish(I: int) -> None:
         faiss.omp_set_num_threads(1)
+        heaps[I].reorder()  # ascending
+
+    _thread_map(pair, [(I, I + s) for s in range(nb) for I in range(nb - s)], threads)
+    _thread_map(finish, list(range(nb)), threads)
+    return val, ids, val[:, -1].copy()
 
 
 def _candidates_torch(X32: torch.Tensor, m: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same contract as :func:`_candidates_faiss`, blockwise ``torch.topk`` on
+    """Same contract as :func:`_candidates_cpu`, blockwise ``torch.topk`` on
     ``||a||^2 + ||b||^2 - 2 a.b`` in float32 (for CUDA), self masked by index."""
     n = len(X32)
     sq = (X32 * X32).sum(dim=1)
@@ -221,30 +244,34 @@ def _exact_sq(X64: torch.Tensor, sq: torch.Tensor, crow: torch.Tensor, rows: tor
     return d2
 
 
-def _exact_sq_blocks(X64: torch.Tensor, sq: torch.Tensor, crow: np.ndarray, rows: np.ndarray,
-                     cols: np.ndarray, n_threads: int) -> np.ndarray:
-    """:func:`_exact_sq` of all pairs (numpy CSR ``crow``/``rows``/``cols``), on CPU
-    split into contiguous row blocks of about equal pair counts run on ``n_threads``
-    threads (see :func:`_thread_map`); each pair's value is computed the same way
-    whatever the split."""
+def _exact_rows(X64: torch.Tensor, sq: torch.Tensor, norm: np.ndarray, d32: np.ndarray, cand: np.ndarray,
+                last: np.ndarray, k: int, u: float, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 2 and 3 of :func:`knn` for the rows ``lo .. lo + len(d32) - 1`` (their float32
+    candidates ``d32``/``cand``/``last``): the k nearest by exact distance and index, and which
+    rows must be redone by brute force. ``norm``: every row's norm (centred data)."""
+    n, m = len(X64), cand.shape[1]
+    here = norm[lo:lo + len(cand)]
+    err = u * (here[:, None] + norm[cand]) ** 2
+    upper = np.partition(d32 + err, k - 1, axis=1)[:, k - 1]
+    need = d32 - err <= upper[:, None]
+    # A point b beyond the candidates can only be among the k nearest if d(a, b)^2 <= upper, and
+    # d(a, b) >= |b| - |a|: so |b| <= |a| + sqrt(upper) bounds its rounding error (a few massive
+    # activations with norms in the thousands would otherwise make every row unsure).
+    reach = np.minimum(norm.max(), here + np.sqrt(np.maximum(upper, 0.0)))
+    unsure = np.zeros(len(cand), dtype=bool) if m == n - 1 else last - u * (here + reach) ** 2 <= upper
+    order = np.argsort(cand, axis=1)  # by index: the stable sort below breaks ties by index
+    cand, need = np.take_along_axis(cand, order, 1), np.take_along_axis(need, order, 1)
+    rows, at = np.nonzero(need)
+    cols = cand[rows, at]
+    crow = np.concatenate([[0], np.cumsum(need.sum(axis=1))])
     dev = X64.device
-    if dev.type != "cpu" or n_threads <= 1:
-        with _one_cpu_thread(dev):
-            return _exact_sq(X64, sq, *(torch.from_numpy(a).to(dev) for a in (crow, rows, cols))).cpu().numpy()
-    n, npairs = len(X64), int(crow[-1])
-    cuts = np.searchsorted(crow, np.linspace(0, npairs, 4 * n_threads + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], cuts, [n]]))
-    out = np.empty(npairs)
-
-    def work(ab: tuple[int, int]) -> None:
-        a, b = ab
-        p0, p1 = int(crow[a]), int(crow[b])
-        if p1 > p0:
-            out[p0:p1] = _exact_sq(X64, sq, torch.from_numpy(crow[a:b + 1] - p0), torch.from_numpy(rows[p0:p1]),
-                                   torch.from_numpy(cols[p0:p1]), lo=a).numpy()
-
-    _thread_map(work, list(zip(bounds[:-1].tolist(), bounds[1:].tolist())), n_threads)
-    return out
+    d2 = _exact_sq(X64, sq, *(torch.from_numpy(a).to(dev) for a in (crow, rows + lo, cols)), lo=lo).cpu().numpy()
+    pos = (np.cumsum(need, axis=1) - 1)[rows, at]
+    full_d = np.full((len(cand), int(pos.max()) + 1), np.inf)
+    full_i = np.zeros(full_d.shape, dtype=np.int64)
+    full_d[rows, pos], full_i[rows, pos] = d2, cols
+    top = np.argsort(full_d, axis=1, kind="stable")[:, :k]
+    return np.sqrt(np.take_along_axis(full_d, top, 1)), np.take_along_axis(full_i, top, 1), unsure
 
 
 def _brute_rows(X64: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,11 +292,13 @@ def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | No
     """Exact Euclidean k nearest neighbours of every row, the row itself excluded.
 
     1. Candidates, in float32 on the centred data: ``m = k + max(16, k // 4)``
-       nearest rows of each row, by faiss ``IndexFlatL2`` on CPU (Johnson,
-       Douze & Jegou, 2019, "Billion-scale similarity search with GPUs",
-       IEEE Trans. Big Data; BLAS ``||a||^2 + ||b||^2 - 2 a.b`` plus a heap),
-       by blockwise ``torch.topk`` on the same identity on CUDA (memory
-       O(block * N)). The row itself is removed by index, not by distance.
+       nearest rows of each row. On CPU by :func:`_candidates_cpu`: the blocks
+       on and above the diagonal of the distance matrix (BLAS
+       ``||a||^2 + ||b||^2 - 2 a.b``, half the work of a search of all rows
+       against all, e.g. faiss ``IndexFlatL2``; Johnson, Douze & Jegou, 2019,
+       IEEE Trans. Big Data), each offered to the bounded heaps of its rows and
+       of its columns; on CUDA by blockwise ``torch.topk`` on the same identity
+       (memory O(block * N)). The row itself is removed by index, not by distance.
     2. A float32 squared distance is within ``e = (D + 8) u (||a|| + ||b||)^2``
        of the exact one (u the unit roundoff; the standard dot-product bound,
        Higham 2002, section 3.1). Let U be the k-th smallest ``d32 + e`` among
@@ -282,52 +311,44 @@ def knn(X: ArrayLike, k: int, block: int = 4096, device: str | torch.device | No
 
     ``block`` is the number of rows per block of the torch (CUDA) search.
     ``n_threads`` (CPU; default: ``OMP_NUM_THREADS`` when set, else every
-    usable core) is the number of threads of the faiss search and of the float64 re-check, each
-    running torch on one thread over a contiguous block of rows (the result
-    does not depend on it). Returns ``(distances, indices)``, each ``(N, k)``, sorted ascending
+    usable core) is the number of threads of the candidate search (blocks of
+    the distance matrix) and of the float64 re-check (contiguous blocks of
+    rows), each running torch on one thread (the result does not depend on it). Returns ``(distances, indices)``, each ``(N, k)``, sorted ascending
     (distances float64, indices int64).
     """
     Xn = _as_numpy(X)
     n, D = Xn.shape
     if not 1 <= k <= n - 1:
         raise ValueError(f"need 1 <= k <= n_samples - 1, got k={k}, n={n}")
+    if not np.isfinite(Xn).all():
+        raise ValueError("X has non-finite values (nan or inf); distances are undefined")
     dev = _device(device)
-    X64 = _as_centered64(Xn, dev)
+    return _knn(_as_centered64(Xn, dev), k, block, n_threads)[:2]
+
+
+def _knn(X64: torch.Tensor, k: int, block: int, n_threads: int | None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """:func:`knn` of the centred float64 ``X64`` (on its device); also returns the squared norms."""
+    n, D = X64.shape
+    dev = X64.device
     m = _margin(n, k)
+    threads = _n_threads(n_threads, dev)
     if dev.type == "cpu":
-        d32, cand, last = _candidates_faiss(X64.numpy().astype(np.float32), m, _n_threads(n_threads, dev))
+        d32, cand, last = _candidates_cpu(X64.float(), m, threads)
     else:
         d32, cand, last = _candidates_torch(X64.float(), m, block)
     sq = (X64 * X64).sum(dim=1)
     norm = sq.sqrt().cpu().numpy()
     u = (D + 8) * _unit_roundoff(dev)
-    err = u * (norm[:, None] + norm[cand]) ** 2
-    upper = np.partition(d32 + err, k - 1, axis=1)[:, k - 1:k]
-    need = d32 - err <= upper
-    # A point b beyond the candidates can only be among the k nearest if d(a, b)^2 <= upper, and
-    # d(a, b) >= |b| - |a|: so |b| <= |a| + sqrt(upper) bounds its rounding error (a few massive
-    # activations with norms in the thousands would otherwise make every row unsure).
-    reach = np.minimum(norm.max(), norm + np.sqrt(np.maximum(upper[:, 0], 0.0)))
-    unsure = np.zeros(n, dtype=bool) if m == n - 1 else \
-        last - u * (norm + reach) ** 2 <= upper[:, 0]
-    order = np.argsort(cand, axis=1)  # by index: the stable sort below breaks ties by index
-    cand, need = np.take_along_axis(cand, order, 1), np.take_along_axis(need, order, 1)
-    rows, at = np.nonzero(need)
-    cols = cand[rows, at]
-    crow = np.concatenate([[0], np.cumsum(need.sum(axis=1))])
-    d2 = _exact_sq_blocks(X64, sq, crow, rows, cols, _n_threads(n_threads, dev))
-    pos = (np.cumsum(need, axis=1) - 1)[rows, at]
-    width = int(pos.max()) + 1
-    full_d = np.full((n, width), np.inf)
-    full_i = np.zeros((n, width), dtype=np.int64)
-    full_d[rows, pos], full_i[rows, pos] = d2, cols
-    top = np.argsort(full_d, axis=1, kind="stable")[:, :k]
-    dist = np.sqrt(np.take_along_axis(full_d, top, 1))
-    ind = np.take_along_axis(full_i, top, 1)
+    # rows in contiguous blocks on ``threads`` threads (torch on one thread each); the same values either way
+    bounds = np.linspace(0, n, min(n, 4 * threads) + 1).round().astype(np.int64).tolist()
+    parts = _thread_map(lambda ab: _exact_rows(X64, sq, norm, d32[ab[0]:ab[1]], cand[ab[0]:ab[1]], last[ab[0]:ab[1]],
+                                               k, u, ab[0]),
+                        [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a], threads)
+    dist, ind, unsure = (np.concatenate(p) for p in zip(*parts))
     redo = np.flatnonzero(unsure)
     if len(redo):
         dist[redo], ind[redo] = _brute_rows(X64, redo, k)
-    return dist, ind
+    return dist, ind, sq
 
 
 # --------------------------------------------------------------------------
@@ -415,9 +436,24 @@ class TwoNN:
 # --------------------------------------------------------------------------
 # pointwise (local) TwoNN
 # --------------------------------------------------------------------------
+_WIDTHS = (8, 16, 32, 64)
+
+
+def _list_slices(ind: torch.Tensor, member_size: int, widths: tuple[int, ...] = _WIDTHS) -> list[tuple[int, int, torch.Tensor]]:
+    """The kNN lists ``ind`` (N, m) cut into the column slices that :func:`_mu_from_lists` scans
+    (0-7, 8-15, 16-31, 32-63, then the rest), each contiguous, as int32 where every bitmap
+    offset (< ``member_size``) fits: a slice of one list is then one short read (the lookups
+    ran 2.8x faster than through int64 column views)."""
+    m = ind.shape[1]
+    small = member_size < 2**31
+    bounds = [0, *[w for w in widths if w < m], m]
+    return [(p0, p1, ind[:, p0:p1].to(torch.int32 if small else torch.int64).contiguous())
+            for p0, p1 in zip(bounds[:-1], bounds[1:])]
+
+
 def _mu_from_lists(X64: torch.Tensor, sq: torch.Tensor, dist: torch.Tensor, ind: torch.Tensor,
                    S: torch.Tensor, member: torch.Tensor,
-                   widths: tuple[int, ...] = (8, 16, 32, 64)) -> torch.Tensor:
+                   slices: list[tuple[int, int, torch.Tensor]] | None = None) -> torch.Tensor:
     """mu = r2 / r1 of every member z of the neighbourhoods ``S`` (B, k), one row
     per neighbourhood N_k(x), read off the sorted kNN lists instead of recomputing
     distances.
@@ -429,7 +465,8 @@ def _mu_from_lists(X64: torch.Tensor, sq: torch.Tensor, dist: torch.Tensor, ind:
     outside N_k(x) are skipped, so the lists may be longer than k or hold points
     left out of the data). Membership is a lookup in ``member``, a zeroed flat
     (B * N) bitmap that is set for the batch and cleared again. L(z) is scanned
-    in slices (positions 0-7, 8-15, 16-31, 32-63, then the rest), each pair
+    in slices (positions 0-7, 8-15, 16-31, 32-63, then the rest; ``slices``
+    from :func:`_list_slices`, made here when not given), each pair
     (x, z) only until two members are found; the few z whose whole list holds
     fewer than two members get their distances to the k members in float64 by
     the same formula as the lists (:func:`_exact_sq` on the centred ``X64``,
@@ -440,17 +477,17 @@ def _mu_from_lists(X64: torch.Tensor, sq: torch.Tensor, dist: torch.Tensor, ind:
     N, m = ind.shape
     B, k = S.shape
     dev = ind.device
+    slices = _list_slices(ind, len(member)) if slices is None else slices
     base = torch.arange(B, device=dev)[:, None] * N                  # row offset in the bitmap
     flat_members = (base + S).reshape(-1)
     member[flat_members] = True
     z = S.reshape(-1)                                                 # (B k,) pairs (x, z)
-    zbase = base.expand(-1, k).reshape(-1)
+    zbase = base.expand(-1, k).reshape(-1).to(slices[0][2].dtype)
     pos = torch.zeros(2, len(z), dtype=torch.int64, device=dev)      # first, second member positions
     found = torch.zeros(len(z), dtype=torch.int64, device=dev)
     todo = torch.arange(len(z), device=dev)
-    bounds = [0, *[w for w in widths if w < m], m]
-    for p0, p1 in zip(bounds[:-1], bounds[1:]):
-        hit = member[zbase[todo, None] + ind[z[todo], p0:p1]]          # (P, p1 - p0)
+    for p0, p1, part in slices:
+        hit = member[zbase[todo, None] + part[z[todo]]]                # (P, p1 - p0)
         r, c = hit.nonzero(as_tuple=True)
         count = torch.bincount(r, minlength=len(todo))
         start = torch.cumsum(count, 0) - count
@@ -501,9 +538,16 @@ def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
     on ``n_threads`` threads (default as :func:`knn`), each with torch on one
     thread and its own membership bitmap; the result does not depend on ``n_threads``."""
     _check_convention(convention)
-    dev = _device(device)
-    X64 = _as_centered64(_as_numpy(X), dev)
-    sq = (X64 * X64).sum(dim=1)
+    X64 = _as_centered64(_as_numpy(X), _device(device))
+    return _local_twonn(X64, (X64 * X64).sum(dim=1), dist, ind, discard_fraction, convention, batch_size,
+                        n_threads, neighborhoods)
+
+
+def _local_twonn(X64: torch.Tensor, sq: torch.Tensor, dist: np.ndarray, ind: np.ndarray, discard_fraction: float,
+                 convention: Convention, batch_size: int, n_threads: int | None,
+                 neighborhoods: np.ndarray | None) -> np.ndarray:
+    """:func:`local_twonn_from_knn` on the centred float64 ``X64`` (on its device), squared norms ``sq``."""
+    dev = X64.device
     D, I = torch.as_tensor(dist, device=dev), torch.as_tensor(ind, device=dev)
     H = I if neighborhoods is None else torch.as_tensor(neighborhoods, device=dev)
     # rows per batch: at most batch_size, and on CPU a membership bitmap of at most
@@ -511,11 +555,13 @@ def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
     # the lookups DRAM-latency bound, ~10x slower)
     step = min(batch_size, len(H)) if dev.type != "cpu" else max(1, min(batch_size, 2**22 // len(I)))
     local = threading.local()
+    slices = _list_slices(I, step * len(I))
 
     def work(s: int) -> torch.Tensor:
         if not hasattr(local, "member"):
             local.member = torch.zeros(step * len(I), dtype=torch.bool, device=dev)
-        return twonn_from_mu(_mu_from_lists(X64, sq, D, I, H[s:s + step], local.member), discard_fraction, convention)
+        return twonn_from_mu(_mu_from_lists(X64, sq, D, I, H[s:s + step], local.member, slices),
+                             discard_fraction, convention)
 
     if len(H) == 0:
         return np.empty(0)
@@ -529,12 +575,12 @@ def local_twonn_from_knn(X: ArrayLike, dist: np.ndarray, ind: np.ndarray,
 
 def _n_threads(n_threads: int | None, dev: torch.device) -> int:
     """Threads for the CPU steps after the candidate search: ``n_threads`` when
-    given, else as faiss (``OMP_NUM_THREADS`` when set, else every usable core);
+    given, else ``OMP_NUM_THREADS`` when set, else every usable core;
     1 on CUDA."""
     if dev.type != "cpu":
         return 1
     if n_threads is None:
-        return _faiss_threads()
+        return _default_threads()
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     return n_threads
@@ -555,22 +601,6 @@ def _thread_map(fn: Callable[[_T], object], items: Sequence[_T], n_threads: int)
         with ThreadPoolExecutor(min(n_threads, len(items)), initializer=torch.set_num_threads,
                                 initargs=(1,)) as pool:
             return list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextmanager
-def _one_cpu_thread(dev: torch.device) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (no-op for CUDA). The pointwise
-    step is thousands of small memory-bound gathers; with an OpenMP team per op
-    it ran 10x slower whenever another process held a core (2-core machine)."""
-    if dev.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -631,11 +661,14 @@ class LocalTwoNN:
         k = self.n_neighbors
         if not 1 <= k <= len(Xs) - 1:
             raise ValueError(f"need 1 <= k <= n_samples - 1, got k={k}, n={len(Xs)}")
-        self._lists = knn(Xs, min(k + self.n_spare, len(Xs) - 1), block=self.block, device=self.device,
-                          n_threads=self.n_threads)
+        if not np.isfinite(Xs).all():
+            raise ValueError("X has non-finite values (nan or inf); distances are undefined")
+        X64 = _as_centered64(Xs, _device(self.device))
+        dist, ind, sq = _knn(X64, min(k + self.n_spare, len(Xs) - 1), self.block, self.n_threads)
+        self._lists = (dist, ind)
         self.distances_, self.neighbors_ = (a[:, :k] for a in self._lists)
-        self.dimension_pw_ = local_twonn_from_knn(Xs, *self._lists, self.discard_fraction, self.convention,
-                                                  self.batch_size, self.device, self.n_threads, self.neighbors_)
+        self.dimension_pw_ = _local_twonn(X64, sq, *self._lists, self.discard_fraction, self.convention,
+                                          self.batch_size, self.n_threads, self.neighbors_)
         self.dimension_ = float(self.dimension_pw_.mean())
         return self
 
