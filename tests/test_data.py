@@ -129,3 +129,21 @@ def test_bad_input_is_refused(smol, tmp_path):
         load_corpus("no/such/file.txt")
     with pytest.raises(ProbeError, match="prepend"):
         token_windows(smol.tokenizer, "text", prepend="<no such token>")
+
+
+def test_remembered_tokenisation_is_the_tokenizers_and_safe_to_change(smol):
+    """A corpus tokenised once is remembered: the windows equal a fresh tokenisation, changing a
+    returned window changes nothing remembered, and a token added to the vocabulary starts afresh."""
+    import copy
+
+    tok = copy.deepcopy(smol.tokenizer)
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    fresh = torch.tensor(tok(text, add_special_tokens=False).input_ids)
+    first = token_windows(tok, text, seq_len=16, n_seqs=4, prepend="none")
+    torch.testing.assert_close(first.reshape(-1), fresh[:64], rtol=0, atol=0)
+    first[:] = 0
+    again = token_windows(tok, text, seq_len=16, n_seqs=4, prepend="none")
+    torch.testing.assert_close(again.reshape(-1), fresh[:64], rtol=0, atol=0)
+    tok.add_tokens(["quick brown"])
+    added = token_windows(tok, text, seq_len=16, n_seqs=4, prepend="none")
+    assert added.reshape(-1).tolist() == tok(text, add_special_tokens=False).input_ids[:64] != fresh[:64].tolist()

@@ -131,6 +131,20 @@ def test_batched_rows_are_independent_fits():
         assert float(err[i]) == pytest.approx(float(ei), rel=1e-12)
 
 
+def test_one_rank_pair_per_row_equals_separate_fits():
+    """Every scale of a curve in one call (n1, n2 per row) gives each scale's own fit, bit for bit."""
+    mu = torch.from_numpy(1 + np.random.default_rng(5).pareto(2.5, size=(3, 300)))
+    ranks = [(1, 2), (2, 4), (4, 8)]
+    d, err = gride_from_mu(mu, [a for a, _ in ranks], [b for _, b in ranks])
+    for i, (n1, n2) in enumerate(ranks):
+        di, ei = gride_from_mu(mu[i], n1, n2)
+        assert float(d[i]) == float(di) and float(err[i]) == float(ei)
+    with pytest.raises(ValueError, match="one \\(n1, n2\\) per row"):
+        gride_from_mu(mu[:2], [1, 2, 4], [2, 4, 8])
+    with pytest.raises(ValueError, match="n1 < n2"):
+        gride_from_mu(mu, [1, 4, 4], [2, 4, 8])
+
+
 def test_kept_duplicates_handled_as_dadapy(dadapy):
     X = _with_duplicates()
     ours = gride_scale_curve(X, max_n2=16, drop_duplicates=False)

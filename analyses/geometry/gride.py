@@ -47,6 +47,7 @@ of every point, as :class:`analyses.geometry.lid.LocalTwoNN` does for TwoNN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,15 +82,18 @@ def _filter_mu(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, mu < mu_max[..., None]
 
 
+Rank = int | torch.Tensor  # one rank, or one per row (shape ``(..., 1)``, float64)
+
+
 def _neg_dloglik(d: torch.Tensor, mu: torch.Tensor, log_mu: torch.Tensor, keep: torch.Tensor,
-                 n: torch.Tensor, n1: int, n2: int, tol: float) -> torch.Tensor:
+                 n: torch.Tensor, n1: Rank, n2: Rank, tol: float) -> torch.Tensor:
     """-dL/dd over the kept ratios of each row, at ``d`` (one value per row)."""
     one_m = (1.0 - mu ** (-d[..., None])).clamp_min(2 * tol)
     term = ((1 - n2 + n1) / one_m + n2 - 1.0) * log_mu
     return torch.where(keep, term, 0.0).sum(-1) - (n - 1) / d
 
 
-def _fisher_info(d: torch.Tensor, mu: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
+def _fisher_info(d: torch.Tensor, mu: torch.Tensor, n1: Rank, n2: Rank) -> torch.Tensor:
     """Observed Fisher information J(d) over all ratios of each row."""
     mu_d = mu ** (-d[..., None])
     one_m = (1.0 - mu_d).clamp_min(5 * _EPS)
@@ -97,19 +101,27 @@ def _fisher_info(d: torch.Tensor, mu: torch.Tensor, n1: int, n2: int) -> torch.T
     return mu.shape[-1] / d ** 2 + ((n2 - n1 - 1) * tmp).sum(-1)
 
 
-def gride_from_mu(mu: ArrayLike, n1: int, n2: int, d0: float = 1e-3, d1: float = 1e3,
-                  tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+def gride_from_mu(mu: ArrayLike, n1: int | Sequence[int], n2: int | Sequence[int], d0: float = 1e-3,
+                  d1: float = 1e3, tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
     """Gride ID and its error from ratios ``mu = r_{n2} / r_{n1}`` of shape ``(..., N)``.
 
-    Batched over leading dimensions (one fit per row). Outliers are filtered,
+    Batched over leading dimensions (one fit per row; ``n1``/``n2`` one pair for all rows,
+    or one per row of a 2-D ``mu``, e.g. every scale of a curve at once). Outliers are filtered,
     the likelihood maximised by bisection on [d0, d1] to width ``tol`` and the
     error taken from the Fisher information, as described in the module
     docstring. Returns ``(dimension, error)``, each of shape ``mu.shape[:-1]``.
     """
-    _check_ranks(n1, n2)
+    mu = torch.as_tensor(mu, dtype=torch.float64)
+    if not isinstance(n1, int) or not isinstance(n2, int):
+        for a, b in zip(n1, n2, strict=True):
+            _check_ranks(a, b)
+        if mu.dim() != 2 or len(mu) != len(n1):
+            raise ValueError(f"one (n1, n2) per row needs 2-D mu with {len(n1)} rows, got shape {tuple(mu.shape)}")
+        n1, n2 = (torch.tensor(v, dtype=torch.float64, device=mu.device)[:, None] for v in (n1, n2))
+    else:
+        _check_ranks(n1, n2)
     if not 0 < d0 < d1:
         raise ValueError(f"need 0 < d0 < d1, got d0={d0}, d1={d1}")
-    mu = torch.as_tensor(mu, dtype=torch.float64)
     mu, keep = _filter_mu(mu)
     log_mu = torch.log(mu)
     n = keep.sum(-1).to(torch.float64)
@@ -228,11 +240,9 @@ def gride_scale_curve(X: ArrayLike, max_n2: int = 64, d0: float = 1e-3, d1: floa
     else:
         dist = distances
     r = _smear(torch.from_numpy(dist[:, [k - 1 for k in ranks]]))
-    curve = []
-    for i, (n1, n2) in enumerate(zip(ranks[:-1], ranks[1:])):
-        d, err = gride_from_mu(r[:, i + 1] / r[:, i], n1, n2, d0, d1, tol)
-        curve.append(GrideScale(n1, n2, float(d), float(err), float(r[:, i:i + 2].mean())))
-    return curve
+    d, err = gride_from_mu((r[:, 1:] / r[:, :-1]).T, ranks[:-1], ranks[1:], d0, d1, tol)  # every scale at once
+    return [GrideScale(n1, n2, float(d[i]), float(err[i]), float(r[:, i:i + 2].mean()))
+            for i, (n1, n2) in enumerate(zip(ranks[:-1], ranks[1:]))]
 
 
 # --------------------------------------------------------------------------
