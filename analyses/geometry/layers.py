@@ -281,12 +281,16 @@ class GeometryPass:
         exceeds ``abs_threshold`` in some layer; drop the references to the layers' outputs."""
         reducers = [last.reducers[p.name][""] for p in last.points]
         batch = reducers[0].batch
-        peak = torch.stack([r.x.abs().amax(-1).float().cpu() for r in reducers]).amax(0)  # (batch, position)
+        peak = torch.stack([torch.linalg.vector_norm(r.x, float("inf"), dim=-1).float().cpu()
+                            for r in reducers]).amax(0)  # (batch, position): the largest |value| over dims and layers
         if batch.mask is not None:
             peak[~batch.mask.cpu().bool()] = 0
-        chosen = [reducers[l].x for l in self.layers]
-        for b, p in (peak > self.abs_threshold).nonzero().tolist():
-            self.held[(batch.offset + b, p)] = torch.stack([x[b, p] for x in chosen]).double().cpu()
+        b, p = (peak > self.abs_threshold).nonzero(as_tuple=True)
+        if len(b):  # one gather per layer for all the tokens: (tokens, layers, D)
+            at = b.to(reducers[0].x.device), p.to(reducers[0].x.device)
+            kept = torch.stack([reducers[l].x[at] for l in self.layers], dim=1).double().cpu()
+            for j, (bj, pj) in enumerate(zip(b.tolist(), p.tolist())):
+                self.held[(batch.offset + bj, pj)] = kept[j]
         for r in reducers:
             del r.x
 
