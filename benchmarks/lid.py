@@ -13,9 +13,11 @@ Every row gets the same float32 array. Rows, timed in interleaved rounds (floor,
 LocalTwoNN, MLE, skdim, floor, ...), medians reported:
 
 - floor: faiss ``IndexFlatL2`` on the array, ``search(X, k + 1)`` (k neighbours plus the
-  point itself; float32, no exact re-check) -- the cost of the distance matrix, which any
-  exact kNN pays;
-- ``lid.knn(X, k)``: exact kNN (faiss candidates on the centred data, float64 distances
+  point itself; float32, no exact re-check) -- the cost of the whole distance matrix, what an
+  exact search of every row against every row pays (``lid.knn`` computes half of it: it is
+  symmetric);
+- ``lid.knn(X, k)``: exact kNN (float32 candidates from the upper half of the distance matrix on
+  the centred data, kept in faiss' heaps; float64 distances
   of the candidates that can be among the k nearest, ties by index);
 - ``LocalTwoNN(n_neighbors=k, max_points=None).fit(X)`` end to end (dedup, knn, pointwise TwoNN);
 - ``MLE(n_neighbors=k).fit(X)`` end to end (dedup, knn, Levina-Bickel);
