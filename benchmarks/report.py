@@ -16,8 +16,9 @@ In interleaved rounds, in one process, each round:
    one per other window protocol of the comparison section, the baseline forward over the
    evaluation windows, per ablation plan the blocks from its first edited layer on plus the
    head (a :class:`probe.prefix.SharedPrefix` replay of the unedited model: the part of a plan's
-   forward that depends on its edit), and per lifecycle stage one forward over the scan windows with
-   eager attention (the sink measurement needs the attention probabilities);
+   forward that depends on its edit), and for the lifecycle one forward over the scan windows with
+   eager attention (the sink measurement needs the attention probabilities) plus, per lifecycle
+   plan, the blocks from its first edited layer on (shared prefixes there too);
 3. **the ablation table twice**, with and without shared prefixes (``run_plans(share_prefix=...)``),
    asserted equal float for float.
 
@@ -103,13 +104,13 @@ def suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int], b
     return total
 
 
-def eager_forwards(model: torch.nn.Module, windows: torch.Tensor, times: int) -> float:
-    """Seconds of ``times`` plain forwards over ``windows`` with eager attention (what the sink
-    measurement runs: attention probabilities need it)."""
+def eager_suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int]) -> float:
+    """:func:`suffixes` with eager attention (what the sink measurement runs: attention
+    probabilities need it)."""
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        return sum(timed(lambda: forwards(model, windows))[0] for _ in range(times))
+        return suffixes(model, windows, layers)
     finally:
         model.set_attn_implementation(previous)
 
@@ -136,7 +137,7 @@ def main() -> None:
     plans += make_plans(model, None, scan, "random", [cfg.k], seeds=cfg.seeds)
     plans += make_plans(model, None, scan, "super", [1])
     first = [get_mode(p.mode).first_layer(p) for p in plans]
-    stages = 1 + len(S.lifecycle_plans(run))  # the unedited model and each lifecycle plan
+    stages = [0] + [get_mode(p.mode).first_layer(p) for p in S.lifecycle_plans(run)]  # unedited, then each plan
     rows: dict[str, list[float]] = {}
 
     def add(key: str, seconds: float) -> None:
@@ -154,7 +155,8 @@ def main() -> None:
                                                                     for w in other_windows))
         add("floor: baseline forward over the evaluation windows", timed(lambda: forwards(model, ev))[0])
         add(f"floor: {len(plans)} plans, blocks from the first edited layer on", suffixes(model, ev, first))
-        add(f"floor: lifecycle, {stages} eager forwards over the scan windows", eager_forwards(model, scan_windows, stages))
+        add(f"floor: lifecycle, {len(stages)} eager forwards over the scan windows (plans: from the first edited layer on)",
+            eager_suffixes(model, scan_windows, stages))
         t_full, full = timed(lambda: run_plans(model, ev, plans, share_prefix=False))
         t_shared, shared = timed(lambda: run_plans(model, ev, plans, share_prefix=True))
         assert full == shared, "shared prefixes changed the ablation table"

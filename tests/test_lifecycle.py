@@ -81,3 +81,22 @@ def test_result_is_json_and_draws(chain):
     assert isinstance(lc, Lifecycle) and len(lc.rows()) == 3
     fig = lc.figure()
     assert len(fig.data) == 3 * len(lc.stages) and "lifecycle" in fig.layout.title.text
+
+
+def test_shared_prefixes_skip_the_unedited_blocks_and_change_nothing(chain, smol):
+    """Both plans first edit layer 11: their passes run blocks 11.. on the recorded prefix (block 0's
+    MLP runs only in the unedited pass), and every stage equals that of full passes, bit for bit."""
+    from dataclasses import asdict
+
+    found, plans, ev, _ = chain
+    table = run_plans(smol.model, ev, plans)
+    calls = []
+    hook = smol.model.model.layers[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared = lifecycle(smol.model, smol.tokenizer, found, plans, ev, batch_size=3, table=table)
+        n_shared = len(calls)
+        full = lifecycle(smol.model, smol.tokenizer, found, plans, ev, batch_size=3, table=table, share_prefix=False)
+    finally:
+        hook.remove()
+    assert n_shared == 1 and len(calls) - n_shared == 3  # 3 windows, one batch per pass
+    assert [asdict(s) for s in shared.stages] == [asdict(s) for s in full.stages]

@@ -13,6 +13,9 @@ that chain, on the unedited model and with each ablation plan applied (then rest
   passes over the scan's windows;
 - the loss: perplexity on the evaluation windows (:func:`analyses.ablate.run.run_plans`, shared
   prefixes; a table already computed for the same plans is reused).
+
+Shared prefixes here too: an edit from block ``L`` on leaves blocks ``0..L-1`` as they are, so each
+plan's pass runs blocks ``L..`` on the prefix recorded in the unedited pass (see :func:`lifecycle`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import torch
 
 from analyses.ablate.data import Plan
 from analyses.ablate.weights import applied
-from analyses.attention.sinks import Sinks, sinks
+from analyses.attention.sinks import KeyAttention, Sinks, eager_taps, sinks
 from probe.arch import n_layers
-from probe.capture import capture
+from probe.backends import hf_module
+from probe.capture import capture, run_all
 from probe.display import Figured
+from probe.prefix import SharedPrefix, can_share
 from probe.reducers import MaxMedian
 
 
@@ -79,41 +84,76 @@ def label(plan: Plan) -> str:
     return f"{plan.mode} k={plan.k}{seed} @{plan.layer}"
 
 
-def _pass(model: Any, tokenizer: Any, name: str, scan: Any, eps: float, batch_size: int) -> tuple[Sinks, list[float]]:
-    """The sink profile and the per-layer max ``|h|`` of the residual stream, in one pass over the scan's windows."""
+def _pass(model: Any, tokenizer: Any, name: str, scan: Any, ids: torch.Tensor, eps: float,
+          batch_size: int) -> tuple[Sinks, list[float]]:
+    """The sink profile and the per-layer max ``|h|`` of the residual stream, in one pass over ``ids``
+    (the scan's windows)."""
     points = "blocks.*.hook_resid_post"
     with capture(model, points, MaxMedian(stride=7)) as cap:
-        found = sinks(model, tokenizer, name, scan=scan, eps=eps, batch_size=batch_size)
+        found = sinks(model, tokenizer, name, scan=scan, windows=ids, eps=eps, batch_size=batch_size)
     return found, [cap[f"blocks.{l}.hook_resid_post"].max for l in range(n_layers(model))]
+
+
+def _suffix_pass(model: Any, ids: torch.Tensor, layer: int, eps: float, batch_size: int,
+                 base: Stage) -> tuple[list[float], list[float], list[float]]:
+    """Per layer: max ``|h|``, mean attention on the first token and ``sink_frac`` of the model as
+    it is now (an edit from ``layer`` on, blocks ``0..layer-1`` replayed by a shared prefix
+    recorded over the same batches of ``ids``): blocks from ``layer`` on are measured as in
+    :func:`_pass`, the ones in front are ``base``'s (an edit cannot reach them)."""
+    L = n_layers(model)
+    after = range(layer, L)
+    with eager_taps(hf_module(model), {}), \
+            capture(model, [f"blocks.{l}.attn.hook_pattern" for l in after], KeyAttention(eps)) as att, \
+            capture(model, [f"blocks.{l}.hook_resid_post" for l in after], MaxMedian(stride=7)) as resid:
+        for start in range(0, ids.shape[0], batch_size):
+            run_all([att, resid], ids[start : start + batch_size])
+    heads = [att[f"blocks.{l}.attn.hook_pattern"] for l in after]
+    return (base.massive_max[:layer] + [resid[f"blocks.{l}.hook_resid_post"].max for l in after],
+            base.mean_attn_first[:layer] + [float(h.first.mean()) for h in heads],
+            base.sink_frac[:layer] + [float(h.sink.mean()) for h in heads])
 
 
 def lifecycle(model: Any, tokenizer: Any, scan: Any, plans: list[Plan], eval_windows: torch.Tensor,
               name: str = "model", eps: float = 0.3, batch_size: int = 8, table: dict[str, Any] | None = None,
-              progress: Callable[[int], None] | None = None) -> Lifecycle:
+              progress: Callable[[int], None] | None = None, share_prefix: bool = True) -> Lifecycle:
     """The chain of the module docstring for the unedited model and each plan in ``plans``, on the
     windows of ``scan`` (a :class:`~analyses.massive.locate.MassiveScan`); perplexity on
     ``eval_windows``, from ``table`` (a :func:`~analyses.ablate.run.run_plans` result holding these
-    plans) when given, else computed."""
+    plans) when given, else computed. ``share_prefix`` (default): a plan that first edits block
+    ``L >= 1`` runs blocks ``L..`` only, on the outputs of blocks ``0..L-1`` recorded in the
+    unedited pass (:class:`probe.prefix.SharedPrefix`), and keeps the unedited values of the blocks
+    in front; the stages equal those of full passes bit for bit (tested)."""
+    from analyses.ablate.modes import get_mode
     from analyses.ablate.run import run_plans
+    from analyses.attention.sinks import _windows
 
     if table is None or any(_key(p.to_dict()) not in {_key(r) for r in table["results"]} for p in plans):
         table = run_plans(model, eval_windows, plans)
     ppl = {_key(r): r["ppl"] for r in table["results"]}
     base_ppl = table["baseline"]["ppl"]
-    out: Lifecycle | None = None
-    for plan in [None, *plans]:
-        with applied(model, plan) if plan is not None else nullcontext():
-            found, maxes = _pass(model, tokenizer, name, scan, eps, batch_size)
-        value = base_ppl if plan is None else ppl[_key(plan.to_dict())]
-        stage = Stage("original" if plan is None else label(plan), None if plan is None else plan.to_dict(), maxes,
-                      [l.mean_attn_first for l in found.layers], [l.sink_frac for l in found.layers], value,
-                      value / base_ppl)
-        if out is None:
-            out = Lifecycle(name, scan.origin_layer, eps, found)
-        out.stages.append(stage)
+    ids = _windows(tokenizer, None, scan, scan.corpus, scan.n_seqs, scan.seq_len, None)
+    first = [get_mode(p.mode).first_layer(p) for p in plans]
+    layers = sorted({l for l in first if l >= 1}) if share_prefix and can_share(model) else []
+    shared = SharedPrefix(model, layers) if layers else None
+    with shared.recording() if shared else nullcontext():
+        found, maxes = _pass(model, tokenizer, name, scan, ids, eps, batch_size)
+    out = Lifecycle(name, scan.origin_layer, eps, found)
+    out.stages.append(Stage("original", None, maxes, [l.mean_attn_first for l in found.layers],
+                            [l.sink_frac for l in found.layers], base_ppl, 1.0))
+    if progress:
+        progress(1)
+    for plan, layer in zip(plans, first):
+        with applied(model, plan):
+            if shared is not None and layer in layers:
+                with shared.replaying(layer):
+                    maxes, attn_first, sink_frac = _suffix_pass(model, ids, layer, eps, batch_size, out.stages[0])
+            else:
+                found, maxes = _pass(model, tokenizer, name, scan, ids, eps, batch_size)
+                attn_first, sink_frac = [l.mean_attn_first for l in found.layers], [l.sink_frac for l in found.layers]
+        value = ppl[_key(plan.to_dict())]
+        out.stages.append(Stage(label(plan), plan.to_dict(), maxes, attn_first, sink_frac, value, value / base_ppl))
         if progress:
             progress(1)
-    assert out is not None
     return out
 
 
