@@ -77,22 +77,28 @@ class SharedPrefix:
                 h.remove()
 
     @contextmanager
-    def replaying(self, layer: int) -> Iterator["SharedPrefix"]:
+    def replaying(self, layer: int, copies: int = 1) -> Iterator["SharedPrefix"]:
         """Blocks ``0..layer-1`` skipped: the ``i``-th forward inside gets the ``i``-th recorded
         output of block ``layer - 1``; its block-0 input must equal the ``i``-th recorded one
-        (:class:`ProbeError` otherwise: other batches, or an edit in front of ``layer``)."""
+        (:class:`ProbeError` otherwise: other batches, or an edit in front of ``layer``).
+        ``copies``: the forwards run each recorded batch repeated that many times along the batch
+        axis (``batch.repeat(copies, 1)``: one copy per edit, rows of a batch do not mix), and get
+        the recorded values repeated so."""
         if layer not in self.outputs:
             raise ProbeError(f"no prefix recorded for layer {layer}; recorded: {self.layers}")
+        if copies < 1:
+            raise ProbeError(f"copies must be at least 1, got {copies}")
         outputs, state = self.outputs[layer], {"i": -1, "out": None}
 
         def first(*args: Any, **kwargs: Any) -> Any:
             i = state["i"] = state["i"] + 1
             if i >= len(outputs):
                 raise ProbeError(f"forward {i + 1} replays a shared prefix, but only {len(outputs)} were recorded")
-            if not torch.equal(_hidden(args, kwargs), self.inputs[i]):
+            if not torch.equal(_hidden(args, kwargs), _repeated(self.inputs[i], copies)):
                 raise ProbeError(f"forward {i + 1}: the input of block 0 is not the recorded one (other batches, "
-                                 "another order, or an edit in front of the shared layer)")
-            state["out"] = _detached(outputs[i])  # a copy: block ``layer`` may write into its input
+                                 "another order, other copies, or an edit in front of the shared layer)")
+            # a copy: block ``layer`` may write into its input
+            state["out"] = _detached(outputs[i]) if copies == 1 else _repeated(outputs[i], copies)
             return state["out"]
 
         def rest(*args: Any, **kwargs: Any) -> Any:
@@ -102,6 +108,16 @@ class SharedPrefix:
             for index in range(layer):
                 stack.enter_context(_forward_replaced(self.blocks[index], first if index == 0 else rest))
             yield self
+
+
+def _repeated(value: Any, copies: int) -> Any:
+    """``value`` (a tensor, or a tuple of them, batch first) repeated ``copies`` times along the batch
+    axis, as new tensors; 0-d tensors and other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat(copies, *[1] * (value.dim() - 1)) if value.dim() else value
+    if isinstance(value, tuple):
+        return tuple(_repeated(v, copies) for v in value)
+    return value
 
 
 def _detached(out: Any) -> Any:

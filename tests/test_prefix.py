@@ -41,6 +41,13 @@ def test_replayed_prefix_equals_the_full_forward(family):
     with pytest.raises(ProbeError, match="not the recorded one"), shared.replaying(1):
         model(batches[1])
     assert torch.equal(model(batches[0]).logits, full[0])  # the blocks' own forward is back
+    # each recorded batch repeated 3 times along the batch axis (one copy per edit, as the census runs)
+    repeated = [model(b.repeat(3, 1)).logits for b in batches]
+    with shared.replaying(2, copies=3):  # equal up to kernels that may block another batch size otherwise
+        for b, r in zip(batches, repeated):
+            torch.testing.assert_close(model(b.repeat(3, 1)).logits, r, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ProbeError, match="not the recorded one"), shared.replaying(2, copies=2):
+        model(batches[0].repeat(3, 1))
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=str)

@@ -24,12 +24,12 @@ another blocking for another batch size and change the last bits).
 
 **Shared prefix.** Blocks ``0..L-1`` compute the same thing for every edit of layer ``L``: the
 baseline forwards record their output (:class:`probe.prefix.SharedPrefix`) and the edited forwards
-replay it, repeated ``k`` times (:func:`repeated`), so they run blocks ``L..`` and the head only.
+replay it, repeated ``k`` times (``SharedPrefix.replaying(L, copies=k)``), so they run blocks ``L..`` and the
+head only.
 """
 
 from __future__ import annotations
 
-import copy
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -121,23 +121,6 @@ def editing(model: nn.Module, edits: Sequence[Zeroed], copies_of: int, seq_len: 
             handle.remove()
 
 
-def repeated(prefix: SharedPrefix, layer: int, copies: int) -> SharedPrefix:
-    """``prefix`` restricted to ``layer``, every recorded batch repeated ``copies`` times along the
-    batch axis (for forwards of the recorded batches repeated so)."""
-    out = copy.copy(prefix)
-    out.inputs = [_repeat(x, copies) for x in prefix.inputs]
-    out.outputs = {layer: [_repeat(o, copies) for o in prefix.outputs[layer]]}
-    return out
-
-
-def _repeat(value: Any, copies: int) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.repeat(copies, *[1] * (value.dim() - 1)) if value.dim() else value
-    if isinstance(value, tuple):
-        return tuple(_repeat(v, copies) for v in value)
-    return value
-
-
 class WindowLosses:
     """Per-window summed NLL of ``windows`` ``(E, T)`` (:func:`analyses.evaluate.likelihood.token_nll`)
     for the model as it is and with single-weight edits; ``rows`` = rows per forward (``k`` edits
@@ -181,10 +164,9 @@ class WindowLosses:
     def _group(self, group: Sequence[Zeroed]) -> torch.Tensor:
         layer, k = group[0].layer, len(group)
         prefix = self.prefix
-        replay = repeated(prefix, layer, k) if prefix is not None and layer in prefix.layers else None
         with ExitStack() as stack:
-            if replay is not None:
-                stack.enter_context(replay.replaying(layer))
+            if prefix is not None and layer in prefix.layers:
+                stack.enter_context(prefix.replaying(layer, copies=k))
             parts = []
             for batch in self.batches:
                 with editing(self.model, group, batch.shape[0], batch.shape[1], self.exact):
