@@ -135,3 +135,30 @@ def test_lifecycle_section_reuses_the_ablation_table(smol, monkeypatch):
     table = {(r["mode"], r["k"], r["seed"]): r["ppl"] for r in run.results["ablation"]["results"]}
     assert stages[1]["ppl"] == table[("super", 1, None)] and stages[4]["ppl"] == table[("random", 5, 0)]
 
+
+
+def test_census_section_on_the_scan(smol):
+    """The census section (only when asked for) brings the scan, censuses the chosen layer on the scan's
+    windows, and shows the scan's super weight with its effect and controls."""
+    assert "census" not in S.DEFAULT_SECTIONS and S.parse_sections(["census"]) == ["massive", "census"]
+    cfg = S.ReportConfig(n_seqs=3, seq_len=32, compare_prepend=False, census_layers=(11,), census_candidates=1,
+                         census_controls=2, census_eval_seqs=2, census_eval_len=32)
+    run = S.Run(smol, cfg, S.parse_sections(["census"]))
+    bars = []
+
+    @contextmanager
+    def progress_bar(label, total):
+        bars.append((label, total))
+        yield lambda n: None
+
+    parts = S.run_sections(run, progress_bar)
+    assert bars[-1] == ("census", 1 * 3 * 4)
+    census = run.results["census"]
+    assert census["layers"] == [11] and len(census["controls"]) == 2 * len(census["rows"])
+    sw = run.scan.super_weight
+    row = next(r for r in census["rows"] if r["super_weight"])
+    assert (row["layer"], row["row"], row["col"]) == (sw["layer"], sw["row"], sw["col"])
+    section = parts[-1]
+    assert section.title == "Which single weights are causal: the census" and len(section.figures) == 1
+    assert f"W_down[{sw['row']}, {sw['col']}] of layer 11" in section.text
+    assert any(r["W_down"] == f"[{sw['row']}, {sw['col']}]" for r in section.table)

@@ -13,7 +13,8 @@ def report_cmd(
     model: ModelArgs,
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: figures/<model>-<date>)."),
     sections: str = typer.Option("massive,ablation,lifecycle,lid,collapse", "--sections",
-                                 help="Comma-separated: massive, ablation, lifecycle, lid, collapse."),
+                                 help="Comma-separated: massive, ablation, lifecycle, lid, collapse; census (the "
+                                      "super-weight census, minutes per model) only when named."),
     corpus: str = CorpusOpt,
     n_seqs: int = typer.Option(16, "--n-seqs", help="Windows scanned for massive activations (and for the geometry)."),
     seq_len: int = SeqLenOpt,

@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 from analyses.report.html import Section
 from probe.errors import ProbeError
 
-SECTIONS = ("massive", "ablation", "lifecycle", "lid", "collapse")  # report order
+SECTIONS = ("massive", "ablation", "lifecycle", "lid", "collapse", "census")  # report order
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the census (minutes per model) only when asked for
 TOP = 10  # rows of a long list shown in the report; results.json has them all
 
 
@@ -47,6 +48,11 @@ class ReportConfig:
     top_classes: int = 256
     groups: int = 5  # groups of windows for the jackknife intervals of the collapse metrics
     n_boot: int = 1000  # resamples of the per-token LID values
+    census_layers: tuple[int, ...] | None = None  # the census (analyses.census): None = every layer
+    census_candidates: int = 2
+    census_controls: int = 8
+    census_eval_seqs: int = 8
+    census_eval_len: int = 64
 
 
 def parse_sections(chosen: Sequence[str]) -> list[str]:
@@ -57,8 +63,8 @@ def parse_sections(chosen: Sequence[str]) -> list[str]:
         raise ProbeError(f"unknown report section {', '.join(map(repr, bad))}: choose from {', '.join(SECTIONS)}")
     if not chosen:
         raise ProbeError(f"no report section chosen: choose from {', '.join(SECTIONS)}")
-    if {"ablation", "lifecycle"} & set(chosen) and "massive" not in chosen:
-        chosen.insert(0, "massive")  # ablations and the lifecycle edit the weights the scan finds
+    if {"ablation", "lifecycle", "census"} & set(chosen) and "massive" not in chosen:
+        chosen.insert(0, "massive")  # ablations, the lifecycle and the census edit the weights the scan finds
     return [s for s in SECTIONS if s in chosen]
 
 
@@ -79,14 +85,14 @@ class Run:
 class Registered:
     names: tuple[str, ...]  # the section names it serves (lid and collapse share one geometry pass)
     label: str  # progress-bar label
-    steps: Callable[[ReportConfig], int]  # progress-bar total
+    steps: Callable[[Run], int]  # progress-bar total
     build: Callable[[Run, Callable[[int], None] | None], list[Section]]
 
 
 _REGISTRY: list[Registered] = []
 
 
-def section(*names: str, label: str, steps: Callable[[ReportConfig], int]) -> Callable[[Any], Any]:
+def section(*names: str, label: str, steps: Callable[[Run], int]) -> Callable[[Any], Any]:
     """Register ``build(run, progress) -> [Section, ...]`` for the report sections ``names``
     (the lm-eval registry habit: adding a section is one decorated function)."""
     unknown = set(names) - set(SECTIONS)
@@ -108,7 +114,7 @@ def run_sections(run: Run, progress_bar: Callable[[str, int], Any]) -> list[Sect
     for entry in sorted(_REGISTRY, key=lambda e: SECTIONS.index(e.names[0])):
         if set(entry.names) & set(run.chosen):
             start = time.perf_counter()
-            with progress_bar(entry.label, entry.steps(run.cfg)) as advance:
+            with progress_bar(entry.label, entry.steps(run)) as advance:
                 parts += entry.build(run, advance)
             timings[entry.label] = round(time.perf_counter() - start, 2)
     return parts
@@ -133,7 +139,7 @@ def header(loaded: Any, corpus: str, tokens: str, argv: list[str] | None = None,
     }
 
 
-@section("massive", label="scanning", steps=lambda cfg: cfg.n_seqs)
+@section("massive", label="scanning", steps=lambda run: run.cfg.n_seqs)
 def massive_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """The scan (kept as ``run.scan`` for the ablations), its origin layer in full and, with
     ``compare_prepend``, the same scan under the other window protocols."""
@@ -222,7 +228,7 @@ def geometry_pass(run: Run, tokenizer: Any) -> Any:
                         abs_threshold=cfg.abs_threshold)
 
 
-@section("ablation", label="ablating", steps=lambda cfg: len(cfg.ablation_ks) + 2 + cfg.seeds + 1)
+@section("ablation", label="ablating", steps=lambda run: len(run.cfg.ablation_ks) + 2 + run.cfg.seeds + 1)
 def ablation_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """Zero, retain, random and super-weight plans on ``run.scan``, re-evaluated by perplexity."""
     from analyses.ablate.plans import make_plans
@@ -264,7 +270,7 @@ def lifecycle_plans(run: Run) -> list[Any]:
             + make_plans(model, None, result, "retain", [k]) + make_plans(model, None, result, "random", [k], seeds=1))
 
 
-@section("lifecycle", label="lifecycle", steps=lambda cfg: 5)
+@section("lifecycle", label="lifecycle", steps=lambda run: 5)
 def lifecycle_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """Super weight -> massive activation -> attention sink -> loss (:mod:`analyses.attention.lifecycle`)."""
     from analyses.attention.lifecycle import lifecycle
@@ -294,7 +300,7 @@ def lifecycle_report(run: Run, progress: Callable[[int], None] | None = None) ->
     return [Section("Outlier lifecycle", text, [base.figure(), lc.figure()], table=lc.rows())]
 
 
-@section("lid", "collapse", label="geometry", steps=lambda cfg: cfg.geometry_seqs)
+@section("lid", "collapse", label="geometry", steps=lambda run: run.cfg.geometry_seqs)
 def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
     """The geometry (from the scan's pass when there was one, else its own pass with its own scan);
     a section for each of ``lid`` and ``collapse`` chosen."""
@@ -350,6 +356,45 @@ def geometry_report(run: Run, progress: Callable[[int], None] | None = None) -> 
                                          for l in g.layers]))
     run.results["geometry"] = g.to_dict()
     return sections
+
+
+def _census_edits(run: Run) -> int:
+    from probe.arch import n_layers
+
+    cfg = run.cfg
+    layers = len(cfg.census_layers) if cfg.census_layers is not None else n_layers(run.loaded.model)
+    return layers * (cfg.census_candidates + 2) * (cfg.census_controls + 2)  # the scan's candidates may add 2
+
+
+@section("census", label="census", steps=_census_edits)
+def census_report(run: Run, progress: Callable[[int], None] | None = None) -> list[Section]:
+    """The causal super-weight census (:func:`analyses.census.census`) on the scan's windows: each
+    candidate zeroed alone against matched controls."""
+    from analyses.census.census import census
+
+    cfg, loaded = run.cfg, run.loaded
+    c = census(loaded.model, loaded.tokenizer, loaded.name, cfg.corpus,
+               layers=list(cfg.census_layers) if cfg.census_layers is not None else None,
+               candidates=cfg.census_candidates, controls=cfg.census_controls, eval_seqs=cfg.census_eval_seqs,
+               eval_len=cfg.census_eval_len, scan=run.scan, progress=progress)
+    run.results["census"] = c.to_dict()
+    ev, causal = c.evaluation, c.causal
+    sw = next((r for r in c.rows if r["super_weight"]), None)
+    text = (f"Each candidate (per layer the top {cfg.census_candidates} by the spike method of Yu et al. 2024) zeroed "
+            f"alone, its change in loss on {ev['n_tokens']} tokens with a bootstrap interval over windows, against "
+            f"{cfg.census_controls} matched controls per candidate (single weights of the same layer and |weight| "
+            f"band, zeroed the same way). A candidate is causal when its effect exceeds the controls' 99th percentile "
+            f"and its interval excludes zero: {len(causal)} of {len(c.rows)} here"
+            + (f"; the scan's super weight W_down[{sw['row']}, {sw['col']}] of layer {sw['layer']} adds "
+               f"{sw['delta_loss']:.3g} nats per token [{sw['ci_low']:.3g}, {sw['ci_high']:.3g}] (controls' p99 "
+               f"{sw['controls_p99']:.2g})" if sw is not None else "; the scan's super weight is not among the "
+               "candidates of the layers censused")
+            + ". With few controls the p99 is nearly their maximum: raise them where compute allows.")
+    rows = sorted(c.rows, key=lambda r: -abs(r["delta_loss"]))[:TOP]
+    return [Section("Which single weights are causal: the census", text, [c.figure()], table=[
+        {"layer": r["layer"], "W_down": f"[{r['row']}, {r['col']}]", "value": round(r["value"], 4),
+         "delta loss": f"{r['delta_loss']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]",
+         "controls p99": f"{r['controls_p99']:.2g}", "causal": "yes" if r["causal"] else "no"} for r in rows])]
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
