@@ -11,14 +11,17 @@ In interleaved rounds, in one process, each round:
 1. **the report**: every section (``analyses.report.sections.run_sections``) and the HTML file
    (``write_report``) into a temporary folder, as ``probe report --model smollm2`` does after loading;
    its time per step comes from ``results.json`` (``timings``);
-2. **the floor**, the forward passes the report cannot do without, each timed alone on the same
+2. **the floor**, the work the report cannot do without, each part timed alone on the same
    inputs, no hooks: one plain forward over the scan windows (the scan and the geometry share it),
-   one per other window protocol of the comparison section, the baseline forward over the
-   evaluation windows, per ablation plan the blocks from its first edited layer on plus the
-   head (a :class:`probe.prefix.SharedPrefix` replay of the unedited model: the part of a plan's
-   forward that depends on its edit), and for the lifecycle one forward over the scan windows with
-   eager attention (the sink measurement needs the attention probabilities) plus, per lifecycle
-   plan, the blocks from its first edited layer on (shared prefixes there too);
+   one per other window protocol of the comparison section, faiss' exact kNN (``IndexFlatL2``,
+   every core) of each layer's LID sample (the search every LID estimate needs), the baseline
+   forward with its loss over the evaluation windows (``model(x, labels=x)``: a perplexity needs
+   the log-softmax of the logits), per ablation plan the blocks from its first edited layer on plus
+   the head and the loss (a :class:`probe.prefix.SharedPrefix` replay of the unedited model: the
+   part of a plan's evaluation that depends on its edit), and for the lifecycle one forward over
+   the scan windows with eager attention (the sink measurement needs the attention probabilities)
+   plus, per lifecycle plan, the blocks from its first edited layer on (shared prefixes there too);
+   also timed, outside the floor, the baseline forward without its loss (what the loss adds);
 3. **the ablation table twice**, with and without shared prefixes (``run_plans(share_prefix=...)``),
    asserted equal float for float.
 
@@ -65,7 +68,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def report(loaded: Any, cfg: S.ReportConfig) -> tuple[dict[str, float], Any]:
     """The report (sections and HTML) with its per-step times; returns the run for its scan and plans."""
-    run = S.Run(loaded, cfg, list(S.SECTIONS))
+    run = S.Run(loaded, cfg, list(S.DEFAULT_SECTIONS))
     parts = S.run_sections(run, lambda label, total: _no_bar())
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -83,13 +86,18 @@ class _no_bar:
 
 
 @torch.no_grad()
-def forwards(model: torch.nn.Module, windows: torch.Tensor, batch: int = 8) -> None:
+def forwards(model: torch.nn.Module, windows: torch.Tensor, batch: int = 8, loss: bool = False) -> None:
+    """Plain forwards over ``windows``; ``loss``: with the language-modelling loss, as plain
+    transformers computes a perplexity (``model(x, labels=x).loss``: logits to float32, their
+    log-softmax, the mean negative log-likelihood)."""
     for s in range(0, windows.shape[0], batch):
-        model(windows[s:s + batch])
+        w = windows[s:s + batch]
+        model(w, labels=w if loss else None)
 
 
 @torch.no_grad()
-def suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int], batch: int = 8) -> float:
+def suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int], batch: int = 8,
+             loss: bool = False) -> float:
     """Seconds of the forwards from each of ``layers`` on (one per plan), prefixes replayed."""
     shared = SharedPrefix(model, sorted(set(l for l in layers if l > 0)))
     with shared.recording():
@@ -97,11 +105,33 @@ def suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int], b
     total = 0.0
     for layer in layers:
         if layer == 0:
-            total += timed(lambda: forwards(model, windows, batch))[0]
+            total += timed(lambda: forwards(model, windows, batch, loss))[0]
             continue
         with shared.replaying(layer):
-            total += timed(lambda: forwards(model, windows, batch))[0]
+            total += timed(lambda: forwards(model, windows, batch, loss))[0]
     return total
+
+
+def lid_samples(run: Any) -> list[Any]:
+    """The LID sample of every layer, as the report's geometry pass draws it (float32, (n, D) each)."""
+    gp = S.geometry_pass(run, run.loaded.tokenizer)
+    with gp.feeding():
+        forwards(run.loaded.model, gp.windows)
+    return [gp.cap.results[p]["sample"].vectors.float().numpy() for p in gp.points]
+
+
+def knn_floor(samples: list[Any], k: int) -> float:
+    """Seconds of faiss' exact kNN (``IndexFlatL2``, every core) of each sample against itself:
+    the search that the LID of each layer cannot do without."""
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    for X in samples:
+        index = faiss.IndexFlatL2(X.shape[1])
+        index.add(X)
+        index.search(X, k + 1)
+    return time.perf_counter() - start
 
 
 def eager_suffixes(model: torch.nn.Module, windows: torch.Tensor, layers: list[int]) -> float:
@@ -137,6 +167,7 @@ def main() -> None:
     plans += make_plans(model, None, scan, "random", [cfg.k], seeds=cfg.seeds)
     plans += make_plans(model, None, scan, "super", [1])
     first = [get_mode(p.mode).first_layer(p) for p in plans]
+    samples = lid_samples(run)
     stages = [0] + [get_mode(p.mode).first_layer(p) for p in S.lifecycle_plans(run)]  # unedited, then each plan
     rows: dict[str, list[float]] = {}
 
@@ -146,15 +177,17 @@ def main() -> None:
     for r in range(args.rounds):
         log(f"round {r + 1}/{args.rounds} (load {loadavg()})")
         seconds, (steps, _) = timed(lambda: report(loaded, cfg))
-        add("report, all sections + HTML", seconds)
+        add("report, default sections + HTML", seconds)
         for step, t in steps.items():
             add(f"  step: {step}", t)
         scan_t = timed(lambda: forwards(model, scan_windows))[0]
         add("floor: forward over the scan windows (scan + geometry)", scan_t)
         add("floor: forwards over the other protocols' windows", sum(timed(lambda w=w: forwards(model, w))[0]
                                                                     for w in other_windows))
-        add("floor: baseline forward over the evaluation windows", timed(lambda: forwards(model, ev))[0])
-        add(f"floor: {len(plans)} plans, blocks from the first edited layer on", suffixes(model, ev, first))
+        add("floor: exact kNN of each layer's LID sample (faiss)", knn_floor(samples, cfg.lid_k))
+        add("floor: baseline forward + loss over the evaluation windows", timed(lambda: forwards(model, ev, loss=True))[0])
+        add("(not in the floor) baseline forward without the loss", timed(lambda: forwards(model, ev))[0])
+        add(f"floor: {len(plans)} plans, blocks from the first edited layer on + loss", suffixes(model, ev, first, loss=True))
         add(f"floor: lifecycle, {len(stages)} eager forwards over the scan windows (plans: from the first edited layer on)",
             eager_suffixes(model, scan_windows, stages))
         t_full, full = timed(lambda: run_plans(model, ev, plans, share_prefix=False))
@@ -173,9 +206,14 @@ def main() -> None:
     for key, value in med.items():
         print(f"| {key} | {value:.2f} |")
     print(f"| **floor (sum of the floor rows)** | **{floor:.2f}** |")
-    print(f"\nreport / floor = **{med['report, all sections + HTML'] / floor:.2f}x**; shared prefixes: ablation table "
+    print(f"\nreport / floor = **{med['report, default sections + HTML'] / floor:.2f}x**; shared prefixes: ablation table "
           f"{med['ablation table, full forwards'] / med['ablation table, shared prefixes']:.2f}x faster, identical table "
           f"(asserted `==` in every round)")
+    loss = (1 + len(plans)) * (med["floor: baseline forward + loss over the evaluation windows"]
+                               - med["(not in the floor) baseline forward without the loss"])
+    forward_only = floor - med["floor: exact kNN of each layer's LID sample (faiss)"] - loss
+    print(f"\nwithout the kNN and the {1 + len(plans)} losses ({loss:.2f} s) in the floor, forwards only: report / "
+          f"{forward_only:.2f} = {med['report, default sections + HTML'] / forward_only:.2f}x")
 
 
 if __name__ == "__main__":
