@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from analyses.ablate import make_plans, run_plans
+from analyses.attention import sinks
 from analyses.evaluate import eval_windows
 from analyses.massive import scan
 from probe import DimMax, Exceed, Full, MaxMedian, ProbeError, TopK, capture
 from probe.data import load_corpus, token_windows
+from probe.backends import as_nnsight
 from probe.models import load_remote
 
 from tables import assert_same_table
+from tests.families import FAMILIES, VOCAB
 
 SCAN = dict(name="smollm2", n_seqs=2, seq_len=32, batch_size=1)  # two requests: state travels between them
 
@@ -161,3 +166,59 @@ def test_remote_needs_nnsight_and_a_served_model(smol):
         scan(smol.model, smol.tokenizer, backend="nnsight", remote="yes")
     with pytest.raises(ProbeError, match="unknown backend 'transformer_lens'; choose one of torch, nnsight"):
         scan(smol.model, smol.tokenizer, backend="transformer_lens")
+
+
+def _same_sinks(a, b, tol=1e-6):
+    assert len(a.layers) == len(b.layers)
+    for x, y in zip(a.layers, b.layers):
+        assert x.heads == pytest.approx(y.heads, abs=tol), x.layer
+        assert x.sink_frac == y.sink_frac and x.qk_cos == pytest.approx(y.qk_cos, abs=tol)
+        assert (x.key_norm_ratio, x.value_norm_ratio) == pytest.approx((y.key_norm_ratio, y.value_norm_ratio), rel=1e-5)
+        assert (x.mean_attn_carriers is None) == (y.mean_attn_carriers is None)
+        if x.mean_attn_carriers is not None:
+            assert x.mean_attn_carriers == pytest.approx(y.mean_attn_carriers, abs=tol)
+    assert (a.onset_layer, a.sustained_onset_layer) == (b.onset_layer, b.sustained_onset_layer)
+
+
+def test_remote_local_sinks_equal_the_eager_tap(smol, native, remote_lm):
+    """On NDIF the pattern is recomputed in the trace from the attention call's arguments (the
+    server runs SDPA); it equals the torch path, which taps the model's own eager attention."""
+    assert remote_lm.model._module.config._attn_implementation != "eager"
+    local = sinks(smol.model, smol.tokenizer, scan=native, batch_size=1)
+    simulated = sinks(remote_lm.model, remote_lm.tokenizer, scan=native, batch_size=1, backend="nnsight", remote="local")
+    _same_sinks(local, simulated)
+
+
+def _tiny(family, **config):
+    torch.manual_seed(0)
+    cfg = family.config(2)
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.adapter != "bert"], ids=str)
+def test_remote_local_sinks_on_every_causal_family(family, smol):
+    model = _tiny(family)  # its default attention: SDPA where the family has it
+    ids = torch.randint(3, VOCAB - 8, (3, 8), generator=torch.Generator().manual_seed(4))
+    # carriers after the first token (window 0 at 3, window 2 at 5: the second batch, so the offset counts)
+    scan = SimpleNamespace(layers=[SimpleNamespace(massive=[{"batch": 0, "position": 3}, {"batch": 2, "position": 5}])],
+                           protocol={}, corpus="ids", origin_layer=None)
+    simulated = sinks(as_nnsight(model, "local", smol.tokenizer), None, windows=ids, scan=scan, prepend=None, batch_size=2,
+                      backend="nnsight", remote="local")
+    local = sinks(model, None, windows=ids, scan=scan, prepend=None, batch_size=2)
+    _same_sinks(local, simulated)
+    assert local.carriers == {"windows": 2, "positions": 2} and local.layers[0].mean_attn_carriers is not None
+
+
+def test_remote_local_sinks_keep_the_sliding_window(smol):
+    """A window shorter than the sequence: SDPA gets a boolean mask, the recomputation applies it."""
+    mistral = next(f for f in FAMILIES if f.model_type == "mistral")
+    ids = torch.randint(3, VOCAB - 8, (2, 8), generator=torch.Generator().manual_seed(5))
+    model = _tiny(mistral, sliding_window=3)
+    simulated = sinks(as_nnsight(model, "local", smol.tokenizer), None, windows=ids, prepend=None,
+                      backend="nnsight", remote="local")
+    local = sinks(model, None, windows=ids, prepend=None)
+    _same_sinks(local, simulated)
+    unwindowed = sinks(_tiny(mistral, sliding_window=None), None, windows=ids, prepend=None)
+    assert max(abs(a - b) for x, y in zip(local.layers, unwindowed.layers) for a, b in zip(x.heads, y.heads)) > 0.05

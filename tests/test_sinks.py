@@ -169,9 +169,22 @@ def test_bad_eps_is_one_red_line_and_exit_2(capsys):
     assert "eps=1.5" in capsys.readouterr().err
 
 
-def test_remote_is_refused(smol, smol_windows):
-    with pytest.raises(ProbeError, match="remote"):
-        sinks(smol.model, smol.tokenizer, windows=smol_windows, backend="nnsight", remote="local")
+@pytest.mark.parametrize("window", [None, 1, 3, 100])
+def test_additive_mask_is_transformers_causal_mask(window):
+    """What a remote run rebuilds when SDPA got no mask: transformers' own (sliding-window) causal
+    mask function, made additive; a boolean mask is turned, an additive one kept."""
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+    from analyses.attention.sinks import additive_mask
+
+    q, k = torch.zeros(1, 2, 6, 4), torch.zeros(1, 1, 6, 4)
+    allowed = causal_mask_function if window is None else sliding_window_causal_mask_function(window)
+    t = torch.tensor
+    want = torch.tensor([[bool(allowed(t(0), t(0), t(i), t(j))) for j in range(6)] for i in range(6)])
+    got = additive_mask(None, q, k, window)[0, 0]
+    assert torch.equal(got == 0, want) and bool((got[~want] == torch.finfo(q.dtype).min).all())
+    assert torch.equal(additive_mask(want[None, None], q, k), got[None, None])
+    assert additive_mask(got, q, k) is got
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=str)

@@ -47,9 +47,18 @@ on errors. Every reducer keeps ``O(heads)`` numbers per layer: memory does not g
 number of windows (``benchmarks/sinks_memory.py``).
 
 Backends: ``"torch"``; ``"nnsight"`` on a local model (the pattern is reduced inside the trace,
-the q/k/v tap runs in the model's forward). Remote runs (NDIF) cannot run the tap and are
-refused. Families: every causal family of :mod:`probe.arch`; BERT/RoBERTa are bidirectional and
-refused.
+the q/k/v tap runs in the model's forward); ``"nnsight"`` with ``remote=True`` (NDIF, e.g. a 70B
+model) or ``remote="local"`` (nnsight's offline simulation of that request). A server runs its own
+attention implementation (usually SDPA, which returns no probabilities) and no tap of ours, so
+there the other way is the only one: inside each trace, per layer, nnsight's ``.source`` of the
+attention module hands over the arguments of its call ``attention_interface(self, q, k, v, mask,
+scaling=..., softcap=..., sliding_window=...)``, and the family's own ``eager_attention_forward``
+recomputes the probabilities from them, on the mask the call received made additive (SDPA's boolean
+mask, or, where SDPA was left to apply causality itself, the causal mask with the call's sliding
+window). Scaling, soft-capping, grouped heads and windows are then the model's own, not ours; the
+cost is one more eager attention per layer, on the server. Both reducers run in the trace and only
+their ``O(heads)`` states come back. Tested equal to the torch path on every causal family.
+Families: every causal family of :mod:`probe.arch`; BERT/RoBERTa are bidirectional and refused.
 """
 
 from __future__ import annotations
@@ -349,9 +358,6 @@ def sinks(
     too and whose origin layer the figure marks). Definitions: module docstring."""
     check_options(eps, n_seqs, seq_len, batch_size)
     backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
-    if remote:
-        raise ProbeError("sinks taps q/k/v inside the attention function of a model on this machine; remote runs "
-                         "(NDIF) cannot, use backend='torch' or a local nnsight model")
     runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
     hf = hf_module(runner)
     arch = arch_for(hf)
@@ -362,15 +368,20 @@ def sinks(
     ids = _windows(tokenizer, windows, scan, corpus, n_seqs, seq_len, prepend)
     targets = carrier_positions(scan) if scan is not None else {}
     blocks = decoder_layers(hf, arch)
-    bias = [KeyBias() for _ in blocks]
-    taps = {get_path(block, arch.attn): _feeder(reducer) for block, reducer in zip(blocks, bias)}
-    with eager_taps(hf, taps), capture(runner, "blocks.*.attn.hook_pattern", KeyAttention(eps, targets),
-                                       backend=backend) as cap:
-        for start in range(0, ids.shape[0], batch_size):
-            cap.run(ids[start : start + batch_size])
-            if progress:
-                progress(min(batch_size, ids.shape[0] - start))
-    layers = [_layer(l, cap[f"blocks.{l}.attn.hook_pattern"], bias[l].result()) for l in range(len(blocks))]
+    if remote:
+        att, bias = _traced(runner, [get_path(block, arch.attn) for block in blocks], ids, batch_size,
+                            KeyAttention(eps, targets), remote, progress)
+        layers = [_layer(l, a.result(), b.result()) for l, (a, b) in enumerate(zip(att, bias))]
+    else:
+        bias = [KeyBias() for _ in blocks]
+        taps = {get_path(block, arch.attn): _feeder(reducer) for block, reducer in zip(blocks, bias)}
+        with eager_taps(hf, taps), capture(runner, "blocks.*.attn.hook_pattern", KeyAttention(eps, targets),
+                                           backend=backend) as cap:
+            for start in range(0, ids.shape[0], batch_size):
+                cap.run(ids[start : start + batch_size])
+                if progress:
+                    progress(min(batch_size, ids.shape[0] - start))
+        layers = [_layer(l, cap[f"blocks.{l}.attn.hook_pattern"], bias[l].result()) for l in range(len(blocks))]
     fracs = [l.sink_frac for l in layers]
     return Sinks(name, corpus if scan is None else scan.corpus, ids.shape[0], ids.shape[1], eps, layers, onset(fracs),
                  sum(fracs) / len(fracs), protocol, sustained_onset(fracs), None if scan is None else scan.origin_layer,
@@ -379,3 +390,82 @@ def sinks(
 
 def _feeder(reducer: KeyBias) -> Tap:
     return lambda q, k, v: reducer.update(qkv(q, k, v), Batch())
+
+
+# --- remote runs: the pattern recomputed in the trace from the attention call's own arguments ----
+def _traced(runner: Any, modules: list[nn.Module], ids: torch.Tensor, batch_size: int, template: KeyAttention,
+            remote: bool | str, progress: Callable[[int], None] | None) -> tuple[list[KeyAttention], list[KeyBias]]:
+    """Per attention module, a :class:`KeyAttention` (like ``template``) and a :class:`KeyBias`, fed
+    inside one nnsight trace per batch (run where ``remote`` says) by :func:`_feed_remote`; between
+    traces their states travel, as in :func:`probe.backends.nnsight_reduce`."""
+    import nnsight
+
+    from probe.backends import envoy_at, module_paths, shipped
+
+    paths = module_paths(hf_module(runner))
+    where = [paths[id(m)] for m in modules]
+    att, bias = [template.fresh() for _ in modules], [KeyBias() for _ in modules]
+    for start in range(0, ids.shape[0], batch_size):
+        chunk = ids[start : start + batch_size]
+        batch = Batch(chunk, start, None)
+        with shipped("probe", "analyses"), torch.no_grad():
+            with runner.trace(chunk, remote=remote):
+                for path, a, b in zip(where, att, bias):
+                    _feed_remote(envoy_at(runner, path).source, a, b, batch)
+                states = nnsight.save([(dict(vars(a)), dict(vars(b))) for a, b in zip(att, bias)])
+        for a, b, (state_a, state_b) in zip(att, bias, states):
+            vars(a).update(state_a)
+            vars(b).update(state_b)
+        if progress:
+            progress(chunk.shape[0])
+    return att, bias
+
+
+def _feed_remote(source: Any, att: KeyAttention, bias: KeyBias, batch: Batch) -> None:
+    """Inside a trace (on the server): the arguments of the attention module's call
+    ``attention_interface(self, q, k, v, mask, **kwargs)`` (``source``: nnsight's ``.source`` of
+    the module), the family's ``eager_attention_forward`` on them with the mask made additive, and
+    both reducers updated (their state moved to the tensors' device first)."""
+    lines = source.compiled.source.split("\n")
+    calls = [n for n in source.names
+             if n.startswith("attention_interface_") and "attention_interface(" in lines[source.compiled.lines[n] - 1]]
+    if len(calls) != 1:
+        raise ProbeError(f"found {len(calls)} calls of attention_interface(...) in the attention module's forward "
+                         f"({', '.join(calls) or 'none'}); sinks on a remote model need exactly one")
+    args, kwargs = getattr(source, calls[0]).inputs
+    module, query, key, value = args[:4]
+    mask = args[4] if len(args) > 4 else kwargs.get("attention_mask")
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ProbeError(f"{type(module).__name__} has no eager_attention_forward in its modelling file")
+    options = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+    _, pattern = eager(module, query, key, value, additive_mask(mask, query, key, kwargs.get("sliding_window")),
+                       **{**options, "dropout": 0.0})
+    for reducer in (att, bias):
+        for name, held in vars(reducer).items():
+            if isinstance(held, tuple):
+                setattr(reducer, name, tuple(t.to(query.device) for t in held))
+            elif isinstance(held, torch.Tensor):
+                setattr(reducer, name, held.to(query.device))
+    att.update(pattern, batch)
+    bias.update(qkv(query, key, value), batch)
+
+
+def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
+                  sliding_window: int | None = None) -> torch.Tensor:
+    """The additive mask (0 where a query sees a key, the dtype's minimum elsewhere, as transformers'
+    eager mask) of what an attention call received: an additive mask as it is; SDPA's boolean mask
+    (``True`` = attend); ``None`` (SDPA or flash attention applying causality itself): query ``i``
+    (of the last ``T`` of ``S`` positions) sees key ``j`` when ``j <= i`` and, with a sliding
+    window ``w``, ``i - j < w`` (transformers' ``sliding_window_overlay``)."""
+    if mask is not None and mask.dtype != torch.bool:
+        return mask
+    if mask is None:
+        t, s = query.shape[-2], key.shape[-2]
+        i = torch.arange(s - t, s, device=query.device)[:, None]
+        j = torch.arange(s, device=query.device)[None, :]
+        mask = j <= i
+        if sliding_window:
+            mask &= i - j < sliding_window
+        mask = mask[None, None]
+    return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
