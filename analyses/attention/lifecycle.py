@@ -16,6 +16,10 @@ that chain, on the unedited model and with each ablation plan applied (then rest
 
 Shared prefixes here too: an edit from block ``L`` on leaves blocks ``0..L-1`` as they are, so each
 plan's pass runs blocks ``L..`` on the prefix recorded in the unedited pass (see :func:`lifecycle`).
+
+Backends: ``"torch"`` (weight edits, eager taps, shared prefixes) and ``"nnsight"``, locally or
+remotely (NDIF; ``remote="local"`` simulates it): edits as interventions and the attention
+recomputed inside the traces, full passes (see :func:`lifecycle`).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import torch
 
 from analyses.ablate.data import Plan
 from analyses.ablate.weights import applied
-from analyses.attention.sinks import KeyAttention, Sinks, eager_taps, sinks
+from analyses.attention.sinks import KeyAttention, KeyBias, Sinks, eager_taps, layer_sinks, sinks
 from probe.arch import n_layers
-from probe.backends import hf_module
+from probe.backends import as_nnsight, check_backend, envoy_at, hf_module, module_paths
 from probe.capture import capture, run_all
+from probe.hookpoints import resolve
 from probe.display import Figured
 from probe.prefix import SharedPrefix, can_share
 from probe.reducers import MaxMedian
@@ -115,23 +120,36 @@ def _suffix_pass(model: Any, ids: torch.Tensor, layer: int, eps: float, batch_si
 
 def lifecycle(model: Any, tokenizer: Any, scan: Any, plans: list[Plan], eval_windows: torch.Tensor,
               name: str = "model", eps: float = 0.3, batch_size: int = 8, table: dict[str, Any] | None = None,
-              progress: Callable[[int], None] | None = None, share_prefix: bool = True) -> Lifecycle:
+              progress: Callable[[int], None] | None = None, share_prefix: bool = True, backend: str = "torch",
+              remote: bool | str = False) -> Lifecycle:
     """The chain of the module docstring for the unedited model and each plan in ``plans``, on the
     windows of ``scan`` (a :class:`~analyses.massive.locate.MassiveScan`); perplexity on
     ``eval_windows``, from ``table`` (a :func:`~analyses.ablate.run.run_plans` result holding these
     plans) when given, else computed. ``share_prefix`` (default): a plan that first edits block
     ``L >= 1`` runs blocks ``L..`` only, on the outputs of blocks ``0..L-1`` recorded in the
     unedited pass (:class:`probe.prefix.SharedPrefix`), and keeps the unedited values of the blocks
-    in front; the stages equal those of full passes bit for bit (tested)."""
+    in front; the stages equal those of full passes bit for bit (tested).
+
+    ``backend="nnsight"`` (``remote``: ``True`` for NDIF, ``"local"`` simulated): the weights are
+    never touched; every stage is one pass of traces in which, block by block, the attention
+    probabilities are recomputed from the attention call's arguments
+    (:func:`analyses.attention.sinks.traced`), the plan's edits run as interventions
+    (:func:`analyses.ablate.traced.apply`, as the traced ablations) and the block's output is
+    reduced; the perplexities are the traced ones (:func:`~analyses.ablate.run.run_plans`).
+    Equal to the torch path up to the rounding of the super-weight recomputation (tested)."""
     from analyses.ablate.modes import get_mode
     from analyses.ablate.run import run_plans
     from analyses.attention.sinks import _windows
 
+    backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
+    runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
     if table is None or any(_key(p.to_dict()) not in {_key(r) for r in table["results"]} for p in plans):
-        table = run_plans(model, eval_windows, plans)
+        table = run_plans(runner, eval_windows, plans, backend=backend, remote=remote)
     ppl = {_key(r): r["ppl"] for r in table["results"]}
     base_ppl = table["baseline"]["ppl"]
     ids = _windows(tokenizer, None, scan, scan.corpus, scan.n_seqs, scan.seq_len, None)
+    if backend == "nnsight":
+        return _traced_lifecycle(runner, name, scan, plans, ids, eps, batch_size, remote, ppl, base_ppl, progress)
     first = [get_mode(p.mode).first_layer(p) for p in plans]
     layers = sorted({l for l in first if l >= 1}) if share_prefix and can_share(model) else []
     shared = SharedPrefix(model, layers) if layers else None
@@ -155,6 +173,62 @@ def lifecycle(model: Any, tokenizer: Any, scan: Any, plans: list[Plan], eval_win
         if progress:
             progress(1)
     return out
+
+
+def _traced_lifecycle(runner: Any, name: str, scan: Any, plans: list[Plan], ids: torch.Tensor, eps: float,
+                      batch_size: int, remote: bool | str, ppl: dict[tuple[Any, ...], float], base_ppl: float,
+                      progress: Callable[[int], None] | None) -> Lifecycle:
+    """:func:`lifecycle` on an nnsight model: the unedited stage, then each plan, by :func:`_traced_stage`."""
+    from analyses.ablate.traced import steps
+    from analyses.attention.sinks import carrier_positions, profile
+
+    targets = carrier_positions(scan)
+    att, bias, maxes = _traced_stage(runner, ids, KeyAttention(eps, targets), [], batch_size, remote)
+    found = profile(name, scan.corpus, ids, eps, [layer_sinks(l, a.result(), b.result()) for l, (a, b) in
+                                                  enumerate(zip(att, bias))], dict(scan.protocol or {}), scan, targets)
+    out = Lifecycle(name, scan.origin_layer, eps, found)
+    out.stages.append(Stage("original", None, maxes, [l.mean_attn_first for l in found.layers],
+                            [l.sink_frac for l in found.layers], base_ppl, 1.0))
+    if progress:
+        progress(1)
+    for plan in plans:
+        todo = steps(hf_module(runner), plan, ids.shape[1])
+        att, _, maxes = _traced_stage(runner, ids, KeyAttention(eps), todo, batch_size, remote)
+        heads = [a.result() for a in att]
+        value = ppl[_key(plan.to_dict())]
+        out.stages.append(Stage(label(plan), plan.to_dict(), maxes, [float(h.first.mean()) for h in heads],
+                                [float(h.sink.mean()) for h in heads], value, value / base_ppl))
+        if progress:
+            progress(1)
+    return out
+
+
+def _traced_stage(runner: Any, ids: torch.Tensor, template: KeyAttention, todo: list[Any], batch_size: int,
+                  remote: bool | str) -> tuple[list[KeyAttention], list[KeyBias], list[float]]:
+    """One stage on an nnsight model: per block, in forward order inside each trace, the attention
+    fed to the sink reducers, the edits ``todo`` of that block (:class:`~analyses.ablate.data.Step`),
+    then its output (``blocks.{l}.hook_resid_post``) into a :class:`~probe.reducers.MaxMedian` (as
+    :func:`_pass`, whose max is exact); returns the sink reducers and the per-layer maxima."""
+    from analyses.ablate.traced import apply
+    from analyses.attention.sinks import on_device, traced
+
+    hf = hf_module(runner)
+    points = resolve(hf, "blocks.*.hook_resid_post")
+    paths = module_paths(hf)
+    where = [paths[id(p.module)] for p in points]
+    maxes = [MaxMedian(stride=7) for _ in points]
+    by_block: dict[int, list[Any]] = {}
+    for step in todo:
+        by_block.setdefault(step.layer, []).append(step)
+
+    def after(l: int, batch: Any) -> None:
+        for step in by_block.get(l, []):
+            apply(runner, step)
+        value = points[l].get(envoy_at(runner, where[l]).output)
+        on_device(maxes[l], value.device).update(value, batch)
+
+    att, bias = traced(runner, ids, batch_size, template, remote, after=after, extra=maxes)
+    return att, bias, [m.result().max for m in maxes]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:

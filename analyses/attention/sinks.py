@@ -64,9 +64,9 @@ Families: every causal family of :mod:`probe.arch`; BERT/RoBERTa are bidirection
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from einops import rearrange
@@ -305,7 +305,7 @@ def carrier_positions(scan: Any) -> dict[int, list[int]]:
     return {b: sorted(ps) for b, ps in found.items()}
 
 
-def _layer(l: int, att: KeyAttentionResult, bias: KeyBiasResult) -> LayerSinks:
+def layer_sinks(l: int, att: KeyAttentionResult, bias: KeyBiasResult) -> LayerSinks:
     """One layer's numbers: per-head values averaged over heads."""
     return LayerSinks(l, float(att.first.mean()), float(att.sink.mean()), att.first.tolist(),
                       None if att.carriers is None else float(att.carriers.mean()), float(bias.key.mean()),
@@ -367,12 +367,11 @@ def sinks(
     protocol = scan.protocol if scan is not None and scan.protocol else window_protocol(tokenizer, prepend).to_dict()
     ids = _windows(tokenizer, windows, scan, corpus, n_seqs, seq_len, prepend)
     targets = carrier_positions(scan) if scan is not None else {}
-    blocks = decoder_layers(hf, arch)
     if remote:
-        att, bias = _traced(runner, [get_path(block, arch.attn) for block in blocks], ids, batch_size,
-                            KeyAttention(eps, targets), remote, progress)
-        layers = [_layer(l, a.result(), b.result()) for l, (a, b) in enumerate(zip(att, bias))]
+        att, bias = traced(runner, ids, batch_size, KeyAttention(eps, targets), remote, progress)
+        layers = [layer_sinks(l, a.result(), b.result()) for l, (a, b) in enumerate(zip(att, bias))]
     else:
+        blocks = decoder_layers(hf, arch)
         bias = [KeyBias() for _ in blocks]
         taps = {get_path(block, arch.attn): _feeder(reducer) for block, reducer in zip(blocks, bias)}
         with eager_taps(hf, taps), capture(runner, "blocks.*.attn.hook_pattern", KeyAttention(eps, targets),
@@ -381,7 +380,13 @@ def sinks(
                 cap.run(ids[start : start + batch_size])
                 if progress:
                     progress(min(batch_size, ids.shape[0] - start))
-        layers = [_layer(l, cap[f"blocks.{l}.attn.hook_pattern"], bias[l].result()) for l in range(len(blocks))]
+        layers = [layer_sinks(l, cap[f"blocks.{l}.attn.hook_pattern"], bias[l].result()) for l in range(len(blocks))]
+    return profile(name, corpus, ids, eps, layers, protocol, scan, targets)
+
+
+def profile(name: str, corpus: str, ids: torch.Tensor, eps: float, layers: list[LayerSinks], protocol: dict[str, Any],
+            scan: Any, targets: Mapping[int, list[int]]) -> Sinks:
+    """The :class:`Sinks` of per-layer numbers ``layers`` measured on ``ids`` (onsets, rate, carriers)."""
     fracs = [l.sink_frac for l in layers]
     return Sinks(name, corpus if scan is None else scan.corpus, ids.shape[0], ids.shape[1], eps, layers, onset(fracs),
                  sum(fracs) / len(fracs), protocol, sustained_onset(fracs), None if scan is None else scan.origin_layer,
@@ -393,32 +398,51 @@ def _feeder(reducer: KeyBias) -> Tap:
 
 
 # --- remote runs: the pattern recomputed in the trace from the attention call's own arguments ----
-def _traced(runner: Any, modules: list[nn.Module], ids: torch.Tensor, batch_size: int, template: KeyAttention,
-            remote: bool | str, progress: Callable[[int], None] | None) -> tuple[list[KeyAttention], list[KeyBias]]:
-    """Per attention module, a :class:`KeyAttention` (like ``template``) and a :class:`KeyBias`, fed
-    inside one nnsight trace per batch (run where ``remote`` says) by :func:`_feed_remote`; between
-    traces their states travel, as in :func:`probe.backends.nnsight_reduce`."""
+def traced(runner: Any, ids: torch.Tensor, batch_size: int, template: KeyAttention, remote: bool | str,
+           progress: Callable[[int], None] | None = None, after: Callable[[int, Batch], None] | None = None,
+           extra: Sequence[Reducer] = ()) -> tuple[list[KeyAttention], list[KeyBias]]:
+    """Per layer of the nnsight model ``runner``, a :class:`KeyAttention` (like ``template``) and a
+    :class:`KeyBias`, fed inside one trace per batch of ``ids`` (run where ``remote`` says:
+    ``False`` here, ``True`` on NDIF, ``"local"`` simulated) by :func:`_feed_remote`.
+    ``after(l, batch)`` runs in the trace after layer ``l``'s attention was fed (e.g. edits of block
+    ``l`` and reads of its output, in forward order), feeding the reducers ``extra``. Between traces
+    every state travels, as in :func:`probe.backends.nnsight_reduce`."""
     import nnsight
 
     from probe.backends import envoy_at, module_paths, shipped
 
-    paths = module_paths(hf_module(runner))
-    where = [paths[id(m)] for m in modules]
-    att, bias = [template.fresh() for _ in modules], [KeyBias() for _ in modules]
+    hf = hf_module(runner)
+    arch = arch_for(hf)
+    paths = module_paths(hf)
+    where = [paths[id(get_path(block, arch.attn))] for block in decoder_layers(hf, arch)]
+    att, bias = [template.fresh() for _ in where], [KeyBias() for _ in where]
+    reducers = [*att, *bias, *extra]
     for start in range(0, ids.shape[0], batch_size):
         chunk = ids[start : start + batch_size]
         batch = Batch(chunk, start, None)
-        with shipped("probe", "analyses"), torch.no_grad():
-            with runner.trace(chunk, remote=remote):
-                for path, a, b in zip(where, att, bias):
+        with shipped("probe", "analyses") if remote else nullcontext(), torch.no_grad():
+            with runner.trace(chunk, **({"remote": remote} if remote else {})):
+                for l, (path, a, b) in enumerate(zip(where, att, bias)):
                     _feed_remote(envoy_at(runner, path).source, a, b, batch)
-                states = nnsight.save([(dict(vars(a)), dict(vars(b))) for a, b in zip(att, bias)])
-        for a, b, (state_a, state_b) in zip(att, bias, states):
-            vars(a).update(state_a)
-            vars(b).update(state_b)
+                    if after is not None:
+                        after(l, batch)
+                states = nnsight.save([dict(vars(r)) for r in reducers])
+        for reducer, state in zip(reducers, states):
+            vars(reducer).update(state)
         if progress:
             progress(chunk.shape[0])
     return att, bias
+
+
+def on_device(reducer: Reducer, device: torch.device) -> Reducer:
+    """``reducer`` with every tensor of its state (also inside tuples) on ``device``: a state that
+    came back from a server is on the CPU, the next batch's tensors are on the server's device."""
+    for name, held in vars(reducer).items():
+        if isinstance(held, tuple) and any(isinstance(t, torch.Tensor) for t in held):
+            setattr(reducer, name, tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in held))
+        elif isinstance(held, torch.Tensor):
+            setattr(reducer, name, held.to(device))
+    return reducer
 
 
 def _feed_remote(source: Any, att: KeyAttention, bias: KeyBias, batch: Batch) -> None:
@@ -441,14 +465,8 @@ def _feed_remote(source: Any, att: KeyAttention, bias: KeyBias, batch: Batch) ->
     options = {k: v for k, v in kwargs.items() if k != "attention_mask"}
     _, pattern = eager(module, query, key, value, additive_mask(mask, query, key, kwargs.get("sliding_window")),
                        **{**options, "dropout": 0.0})
-    for reducer in (att, bias):
-        for name, held in vars(reducer).items():
-            if isinstance(held, tuple):
-                setattr(reducer, name, tuple(t.to(query.device) for t in held))
-            elif isinstance(held, torch.Tensor):
-                setattr(reducer, name, held.to(query.device))
-    att.update(pattern, batch)
-    bias.update(qkv(query, key, value), batch)
+    on_device(att, query.device).update(pattern, batch)
+    on_device(bias, query.device).update(qkv(query, key, value), batch)
 
 
 def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
