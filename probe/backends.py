@@ -185,7 +185,8 @@ def nnsight_reduce(
             for p, rs, b in feeds]
     options = {**kwargs, "remote": remote} if remote else kwargs
     states: list[list[tuple[dict[str, Any], dict[str, str]]]] = []
-    with shipped(*(["probe"] if remote else [])), torch.no_grad():
+    packages = ["probe", *(type(r).__module__.split(".")[0] for _, rs, _ in feeds for r in rs)] if remote else []
+    with shipped(*packages), torch.no_grad():  # the reducers' code too (e.g. from analyses)
         with wrapped.trace(input_ids, **options):
             for path, point, flat, reducers, batch, places in plan:
                 envoy = envoy_at(wrapped, path)

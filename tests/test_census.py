@@ -175,8 +175,20 @@ def test_bad_arguments_are_probe_errors():
         census(model, CharTokenizer(), layers=[5], **SIZES)
     with pytest.raises(ProbeError, match="at least 1"):
         census(model, CharTokenizer(), layers=[0], **{**SIZES, "controls": 0})
-    with pytest.raises(ProbeError, match="torch backend"):
-        census(model, CharTokenizer(), backend="nnsight", **SIZES)
+    with pytest.raises(ProbeError, match="unknown backend 'ray'"):
+        census(model, CharTokenizer(), backend="ray", **SIZES)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=str)
+def test_nnsight_census_equals_the_torch_census(family):
+    """Edits as interventions in nnsight traces (no shared prefix, the exact recompute in the trace)
+    give the torch census's table bit for bit; the subtracting edits too."""
+    model = tiny(family.model_type)
+    for exact in (True, False) if family.model_type == "llama" else (True,):
+        torch_run = census(model, CharTokenizer(), name="t", layers=[0, 1], exact=exact, **SIZES)
+        traced = census(model, CharTokenizer(), name="t", layers=[0, 1], exact=exact, backend="nnsight", **SIZES)
+        assert traced.rows == torch_run.rows and traced.controls == torch_run.controls
+        assert any(abs(r["delta_loss"]) > 0 for r in traced.rows)
 
 
 def test_cli_json_on_smollm2(tmp_path):
@@ -192,7 +204,7 @@ def test_cli_json_on_smollm2(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"census.json", "census.csv", "census.html"}
 
 
-@pytest.mark.parametrize("args", [["--layers", "99"], ["--controls", "0"], ["--candidates", "0"], ["--backend", "nnsight"]])
+@pytest.mark.parametrize("args", [["--layers", "99"], ["--controls", "0"], ["--candidates", "0"]])
 def test_cli_errors_exit_2(args):
     r = subprocess.run([PROBE, "census", "--model", "smollm2", "--n-seqs", "1", "--seq-len", "8", *args],
                        capture_output=True, text=True, timeout=300)

@@ -245,3 +245,19 @@ def test_remote_local_lifecycle_equals_the_weight_edits(smol, native, remote_lm)
     sw = simulated.stages[1]
     assert sw.plan["mode"] == "super" and sw.mean_attn_first[-1] < 0.1 * local.stages[0].mean_attn_first[-1]
     assert all(torch.equal(p, q) for p, q in zip(remote_lm.model._module.parameters(), smol.model.parameters()))
+
+
+def test_remote_local_census_equals_the_torch_census(smol, native, remote_lm):
+    """The census as simulated NDIF requests: scan and spikes in traces, the weights read on the
+    "server", each single-weight edit recomputed in the trace; the same table as the torch census
+    (weight-free activation edits on shared prefixes), bit for bit."""
+    from analyses.census import census
+
+    sizes = dict(name="smollm2", layers=[11], candidates=1, controls=2, eval_seqs=2, eval_len=16, rows_per_forward=8,
+                 scan=native)
+    local = census(smol.model, smol.tokenizer, **sizes)
+    simulated = census(remote_lm.model, remote_lm.tokenizer, backend="nnsight", remote="local", **sizes)
+    assert simulated.rows == local.rows and simulated.controls == local.controls
+    assert simulated.evaluation == local.evaluation and simulated.settings["remote"] == "local"
+    sw = next(r for r in simulated.rows if r["super_weight"])
+    assert (sw["row"], sw["col"]) == (native.super_weight["row"], native.super_weight["col"]) and sw["causal"]

@@ -26,7 +26,9 @@ Yu et al. 2024 for Llama-7B, Mistral-7B, Llama-3-8B and OLMo-1B, as quoted in is
 matches when its name matches the entry's regular expression and its config has the entry's shape
 (``model_type``, layers, ``d_model``, ``d_ff``; Llama-7B and Llama-2-7B share a shape, so the shape
 alone does not decide); ``Census.published`` then says which were found and whether causal.
-Backend: torch (models in this process); nnsight/NDIF/Ray raise a :class:`ProbeError`.
+Backends: torch (models in this process: weight-free activation edits, shared prefixes) and nnsight,
+locally or on NDIF (``remote=True``; ``"local"`` simulates the request): the same edits as
+interventions in the traces (:mod:`analyses.census.traced`), the weights read on the server.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from analyses.census.spikes import BAND, Band, SpikeCapture, matched_controls
 from analyses.evaluate.likelihood import eval_windows
 from analyses.massive.locate import MassiveScan, scan as run_scan, scan_windows
 from probe.arch import n_layers, weight_view
+from probe.backends import as_nnsight, call_on_model, check_backend, hf_module
 from probe.capture import capture, run_all
 from probe.display import Figured
 from probe.errors import LayerError, ProbeError
@@ -56,9 +59,6 @@ from probe.files import atomic_file
 BOOTSTRAP = 2000
 COLUMNS = ("layer", "row", "col", "value", "spike", "delta_loss", "ci_low", "ci_high", "controls_p99", "causal",
            "restored_delta", "rank", "scan_candidate", "super_weight", "quantile")
-NOT_TORCH = ("the census runs on the torch backend only (a model loaded in this process): its batched single-weight "
-             "activation edits and shared-prefix replay have no nnsight/NDIF/Ray path yet; for one weight on NDIF use "
-             "`probe ablate --mode super --backend nnsight`")
 
 
 @dataclass
@@ -104,7 +104,7 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
            layers: Sequence[int] | None = None, candidates: int = 2, controls: int = 8, n_seqs: int = 16,
            seq_len: int = 128, eval_seqs: int = 8, eval_len: int = 64, seed: int = 0, level: float = 0.95,
            scan: MassiveScan | None = None, progress: Callable[[int], None] | None = None, rows_per_forward: int = 32,
-           layers_per_pass: int = 8, exact: bool = True, backend: str = "torch") -> Census:
+           layers_per_pass: int = 8, exact: bool = True, backend: str = "torch", remote: bool | str = False) -> Census:
     """The causal super-weight census of ``model`` (module docstring). ``n_seqs`` x ``seq_len``: the
     scan windows (ignored when ``scan`` is given: its windows are used); ``eval_seqs`` x ``eval_len``:
     the evaluation windows (:func:`analyses.evaluate.likelihood.eval_windows`). The defaults (2
@@ -114,19 +114,33 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
     bootstrap interval; ``rows_per_forward``: rows (windows x edits) per edited forward;
     ``layers_per_pass``: prefixes recorded per baseline pass; ``exact``: recompute each edited copy's
     down projection with the weight zeroed (bit-identical to a weight edit) instead of subtracting
-    ``W[d, n] h_n`` (:mod:`analyses.census.edits`). ``progress(n)``: ``n`` more edits done."""
-    if backend != "torch":
-        raise ProbeError(NOT_TORCH)
-    chosen = _check(model, layers, candidates, controls, level)
+    ``W[d, n] h_n`` (:mod:`analyses.census.edits`). ``progress(n)``: ``n`` more edits done.
+
+    ``backend="nnsight"`` (``remote``: ``True`` for NDIF with ``model`` from
+    :func:`probe.models.load_remote`, ``"local"`` simulated): the scan and spikes in traces, the
+    weights read where they are (:func:`probe.backends.call_on_model`), the edits as interventions
+    (:mod:`analyses.census.traced`; no shared prefix), the same numbers."""
+    backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
+    runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
+    hf = hf_module(runner)
+    chosen = _check(hf, layers, candidates, controls, level)
     started = time.perf_counter()
-    found, pairs = _scan_with_spikes(model, tokenizer, name, corpus, n_seqs, seq_len, candidates, scan)
+    found, pairs = _scan_with_spikes(runner, tokenizer, name, corpus, n_seqs, seq_len, candidates, scan, backend, remote)
     picked = {L: _candidates(L, pairs[L], found, candidates) for L in chosen}
-    bands = {L: matched_controls(weight_view(model, L, "W_down").matrix, [(c["row"], c["col"]) for c in picked[L]],
-                                 controls, seed, L) for L in chosen}
+    cells = {L: [(c["row"], c["col"]) for c in picked[L]] for L in chosen}
+    bands, values = call_on_model(runner, read_bands, cells, controls, seed, input_ids=found.windows, remote=remote)
+    for L in chosen:
+        for c, value in zip(picked[L], values[L]):
+            c["value"] = value
     scanned = time.perf_counter()
     windows = eval_windows(tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
     held = () if found.carrier is None else (int(found.carrier["position"]),)
-    losses = WindowLosses(model, windows, rows=rows_per_forward, exact=exact)
+    if backend == "nnsight":
+        from analyses.census.traced import TracedWindowLosses
+
+        losses: Any = TracedWindowLosses(runner, windows, rows=rows_per_forward, exact=exact, remote=remote)
+    else:
+        losses = WindowLosses(model, windows, rows=rows_per_forward, exact=exact)
     rows, control_rows, base = [], [], None
     for group in layer_groups(chosen, layers_per_pass):
         base = losses.baseline(group)
@@ -141,11 +155,23 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
                   "held_positions": list(held)}
     settings = {"candidates": candidates, "controls": controls, "band": BAND, "level": level, "seed": seed,
                 "bootstrap": BOOTSTRAP, "rows_per_forward": rows_per_forward, "share_prefix": losses.share,
-                "edit": "recomputed (exact)" if exact else "subtracted", "backend": backend}
+                "edit": "recomputed (exact)" if exact else "subtracted", "backend": backend, "remote": remote}
     timing = {"scan_s": scanned - started, "evaluate_s": time.perf_counter() - scanned, "forwards": losses.forwards,
               "edits": len(rows) * (controls + 2)}
     return Census(name, corpus, chosen, rows, control_rows, _scan_summary(found), evaluation, settings,
-                  compare(name, getattr(model, "config", None), rows, chosen), timing)
+                  compare(name, getattr(hf, "config", None), rows, chosen), timing)
+
+
+def read_bands(model: nn.Module, cells: dict[int, list[tuple[int, int]]], controls: int,
+               seed: int) -> tuple[dict[int, dict[tuple[int, int], Band]], dict[int, list[float]]]:
+    """Per layer, the matched controls of its candidate ``cells`` and the candidates' values in
+    ``W_down``: run where the weights are (:func:`probe.backends.call_on_model`; on NDIF, the server)."""
+    bands, values = {}, {}
+    for L, at in cells.items():
+        matrix = weight_view(model, L, "W_down").matrix
+        bands[L] = matched_controls(matrix, at, controls, seed, L)
+        values[L] = [float(matrix[d, n]) for d, n in at]
+    return bands, values
 
 
 def _check(model: nn.Module, layers: Sequence[int] | None, candidates: int, controls: int, level: float) -> list[int]:
@@ -161,20 +187,24 @@ def _check(model: nn.Module, layers: Sequence[int] | None, candidates: int, cont
     return chosen
 
 
-def _scan_with_spikes(model: nn.Module, tokenizer: Any, name: str, corpus: str, n_seqs: int, seq_len: int, k: int,
-                      found: MassiveScan | None) -> tuple[MassiveScan, list[list[dict[str, Any]]]]:
+def _scan_with_spikes(model: Any, tokenizer: Any, name: str, corpus: str, n_seqs: int, seq_len: int, k: int,
+                      found: MassiveScan | None, backend: str = "torch",
+                      remote: bool | str = False) -> tuple[MassiveScan, list[list[dict[str, Any]]]]:
     """The scan and, from the same forward passes, every layer's spike pairs; with a given scan,
     one pass over its windows for the pairs."""
     inputs, pairs = SpikeCapture(k).reducers()
-    riders = [capture(model, "blocks.*.mlp.hook_post", reduce=inputs), capture(model, "blocks.*.mlp.hook_out", reduce=pairs)]
+    opts = {"backend": backend, "remote": remote}
+    riders = [capture(model, "blocks.*.mlp.hook_post", reduce=inputs, **opts),
+              capture(model, "blocks.*.mlp.hook_out", reduce=pairs, **opts)]
     if found is None:
-        found = run_scan(model, tokenizer, name=name, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, riders=riders)
+        found = run_scan(model, tokenizer, name=name, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len, riders=riders,
+                         **opts)
     else:
         windows = scan_windows(tokenizer, found)
         with riders[0] as a, riders[1] as b:
             for start in range(0, windows.shape[0], 8):
                 run_all([a, b], windows[start : start + 8])
-    pairs = [riders[1][f"blocks.{L}.mlp.hook_out"] for L in range(n_layers(model))]
+    pairs = [riders[1][f"blocks.{L}.mlp.hook_out"] for L in range(n_layers(hf_module(model)))]
     for p in (p for layer in pairs for p in layer):
         p["token"] = str(p["token"]) if tokenizer is None else tokenizer.convert_ids_to_tokens(int(p["token"]))
     return found, pairs
@@ -203,14 +233,13 @@ def _candidates(layer: int, pairs: list[dict[str, Any]], found: MassiveScan, k: 
     return out
 
 
-def _layer(losses: WindowLosses, base: torch.Tensor, layer: int, picked: list[dict[str, Any]],
+def _layer(losses: Any, base: torch.Tensor, layer: int, picked: list[dict[str, Any]],
            bands: dict[tuple[int, int], Band], held: tuple[int, ...], seed: int, level: float,
            progress: Callable[[int], None] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate the candidates of one layer, their restored versions and their controls."""
     edits: list[Zeroed] = []
     for c in picked:
         band = bands[(c["row"], c["col"])]
-        c["value"] = _value(losses.model, layer, c)
         edits.append(Zeroed(layer, c["row"], c["col"], c["value"]))
         edits.append(Zeroed(layer, c["row"], c["col"], c["value"], held))
         edits += [Zeroed(layer, r, n, v) for r, n, v in band.controls]
@@ -226,10 +255,6 @@ def _layer(losses: WindowLosses, base: torch.Tensor, layer: int, picked: list[di
         controls += [{"layer": layer, "of_row": c["row"], "of_col": c["col"], "row": r, "col": n, "value": v,
                       "delta_loss": float(d)} for (r, n, v), d in zip(band.controls, control_delta)]
     return rows, controls
-
-
-def _value(model: nn.Module, layer: int, cell: dict[str, Any]) -> float:
-    return float(weight_view(model, layer, "W_down").matrix[cell["row"], cell["col"]])
 
 
 def _row(c: dict[str, Any], band: Band, zero: torch.Tensor, restored: torch.Tensor, control_delta: np.ndarray, seed: int,

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from analyses.cli.app import out
-from analyses.cli.options import Backend, CorpusOpt, JsonOpt, ModelArgs, SeqLenOpt, model_command, parse_layers, progress_bar
+from analyses.cli.options import CorpusOpt, JsonOpt, ModelArgs, SeqLenOpt, model_command, parse_layers, progress_bar
 
 
 @model_command("census", scaling=True)
@@ -33,21 +33,20 @@ def census_cmd(
 ) -> None:
     """Zero each super-weight candidate alone and compare its loss change with matched random weights."""
     from analyses.census import census
-    from analyses.census.census import NOT_TORCH
     from probe.arch import n_layers
+    from probe.backends import hf_module
     from probe.errors import ProbeError
 
     if candidates < 1 or controls < 1:
         raise ProbeError(f"--candidates ({candidates}) and --controls ({controls}) must be at least 1")
-    if model.remote or Backend(model.backend) != Backend.torch:
-        raise ProbeError(NOT_TORCH)
     chosen = parse_layers(layers)
-    loaded, backend, _ = model.load_for()
-    total = len(chosen or range(n_layers(loaded.model))) * (candidates + 2) * (controls + 2)
+    loaded, backend, where = model.load_for()
+    total = len(chosen or range(n_layers(hf_module(loaded.model)))) * (candidates + 2) * (controls + 2)
     with progress_bar(as_json, "census", total) as advance:
         result = census(loaded.model, loaded.tokenizer, name=loaded.name, corpus=corpus, layers=chosen,
                         candidates=candidates, controls=controls, n_seqs=n_seqs, seq_len=seq_len, eval_seqs=eval_seqs,
-                        eval_len=eval_len, seed=seed, rows_per_forward=rows, progress=advance, backend=backend)
+                        eval_len=eval_len, seed=seed, rows_per_forward=rows, progress=advance, backend=backend,
+                        remote=where)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         result.write_json(out_dir / "census.json")
