@@ -204,7 +204,8 @@ def test_cli_json_on_smollm2(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"census.json", "census.csv", "census.html"}
 
 
-@pytest.mark.parametrize("args", [["--layers", "99"], ["--controls", "0"], ["--candidates", "0"]])
+@pytest.mark.parametrize("args", [["--layers", "99"], ["--controls", "0"], ["--candidates", "0"],
+                                  ["--ray", "local", "--remote", "local"]])
 def test_cli_errors_exit_2(args):
     r = subprocess.run([PROBE, "census", "--model", "smollm2", "--n-seqs", "1", "--seq-len", "8", *args],
                        capture_output=True, text=True, timeout=300)

@@ -65,3 +65,21 @@ def test_missing_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ProbeError, match=r"pip install 'probe\[scale\]'"):
         run_plans_ray("smollm2", {}, torch.zeros(1, 4, dtype=torch.long), [])
+
+
+@pytest.mark.slow  # a Ray start and two model loads: 30-60 s here
+def test_ray_census_equals_the_serial_census(smol, one_thread):
+    """The census's edits on Ray actors, a group of layers each: the serial table, bit for bit."""
+    from analyses.census import census
+    from analyses.census.on_ray import census_ray
+
+    found = scan(smol.model, smol.tokenizer, name="smollm2", n_seqs=2, seq_len=32)
+    sizes = dict(name="smollm2", layers=[2, 11, 20], candidates=1, controls=2, eval_seqs=2, eval_len=16,
+                 rows_per_forward=8, scan=found, layers_per_pass=1)
+    serial = census(smol.model, smol.tokenizer, **sizes)
+    ticks: list[int] = []
+    spread = census_ray(smol.model, smol.tokenizer, "smollm2", {}, num_workers=2, progress=ticks.append, **sizes)
+    assert spread.rows == serial.rows and spread.controls == serial.controls
+    assert spread.evaluation == serial.evaluation and spread.settings["ray"]["workers"] == 2
+    assert sum(ticks) == len(serial.rows) * 4 and spread.timing["forwards"] == serial.timing["forwards"]
+    assert not ray.is_initialized()

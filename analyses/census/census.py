@@ -28,7 +28,8 @@ matches when its name matches the entry's regular expression and its config has 
 alone does not decide); ``Census.published`` then says which were found and whether causal.
 Backends: torch (models in this process: weight-free activation edits, shared prefixes) and nnsight,
 locally or on NDIF (``remote=True``; ``"local"`` simulates the request): the same edits as
-interventions in the traces (:mod:`analyses.census.traced`), the weights read on the server.
+interventions in the traces (:mod:`analyses.census.traced`), the weights read on the server; and
+Ray workers for the edits (:mod:`analyses.census.on_ray`). Every path gives the same table.
 """
 
 from __future__ import annotations
@@ -122,6 +123,63 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
     (:mod:`analyses.census.traced`; no shared prefix), the same numbers."""
     backend, remote = check_backend(backend, remote, allowed=("torch", "nnsight"))
     runner = as_nnsight(model, remote, tokenizer) if backend == "nnsight" else model
+    work = prepare(runner, tokenizer, name, corpus, layers, candidates, controls, n_seqs, seq_len, eval_seqs, eval_len,
+                   seed, level, scan, backend, remote)
+    if backend == "nnsight":
+        from analyses.census.traced import TracedWindowLosses
+
+        losses: Any = TracedWindowLosses(runner, work.windows, rows=rows_per_forward, exact=exact, remote=remote)
+    else:
+        losses = WindowLosses(model, work.windows, rows=rows_per_forward, exact=exact)
+    rows, control_rows, base = evaluate(losses, work, work.layers, layers_per_pass, progress)
+    settings = {"rows_per_forward": rows_per_forward, "share_prefix": losses.share,
+                "edit": "recomputed (exact)" if exact else "subtracted", "backend": backend, "remote": remote}
+    return work.census(rows, control_rows, base, settings, losses.forwards)
+
+
+@dataclass
+class Prepared:
+    """What a census knows before its edits run: the scan, each layer's candidates (with their
+    values) and matched controls, the evaluation windows; :meth:`census` assembles the result."""
+
+    name: str
+    corpus: str
+    layers: list[int]
+    found: MassiveScan
+    picked: dict[int, list[dict[str, Any]]]
+    bands: dict[int, dict[tuple[int, int], Band]]
+    windows: torch.Tensor
+    held: tuple[int, ...]
+    seed: int
+    level: float
+    controls: int
+    candidates: int
+    config: Any
+    started: float
+    scanned: float
+
+    def census(self, rows: list[dict[str, Any]], control_rows: list[dict[str, Any]], base: torch.Tensor,
+               settings: dict[str, Any], forwards: int) -> Census:
+        """The :class:`Census` of the evaluated ``rows`` and ``control_rows`` (``base``: the unedited
+        per-window sums; ``settings``: how the edits ran)."""
+        tokens = self.windows.shape[0] * (self.windows.shape[1] - 1)
+        evaluation = {"corpus": self.corpus, "n_windows": self.windows.shape[0], "seq_len": self.windows.shape[1],
+                      "n_tokens": tokens, "baseline_nll": float(base.sum()) / tokens,
+                      "baseline_ppl": float(np.exp(float(base.sum()) / tokens)), "held_positions": list(self.held)}
+        settings = {"candidates": self.candidates, "controls": self.controls, "band": BAND, "level": self.level,
+                    "seed": self.seed, "bootstrap": BOOTSTRAP, **settings}
+        timing = {"scan_s": self.scanned - self.started, "evaluate_s": time.perf_counter() - self.scanned,
+                  "forwards": forwards, "edits": len(rows) * (self.controls + 2)}
+        return Census(self.name, self.corpus, self.layers, rows, control_rows, _scan_summary(self.found), evaluation,
+                      settings, compare(self.name, self.config, rows, self.layers), timing)
+
+
+def prepare(runner: Any, tokenizer: Any, name: str, corpus: str, layers: Sequence[int] | None, candidates: int,
+            controls: int, n_seqs: int, seq_len: int, eval_seqs: int, eval_len: int, seed: int, level: float,
+            scan: MassiveScan | None, backend: str = "torch", remote: bool | str = False) -> Prepared:
+    """Steps 1 and 3 of the module docstring on ``runner`` (an HF model, or an nnsight one for
+    ``backend="nnsight"``): the scan with the spikes, the candidates, their values and controls
+    (read where the weights are), and the evaluation windows."""
     hf = hf_module(runner)
     chosen = _check(hf, layers, candidates, controls, level)
     started = time.perf_counter()
@@ -132,34 +190,26 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
     for L in chosen:
         for c, value in zip(picked[L], values[L]):
             c["value"] = value
-    scanned = time.perf_counter()
     windows = eval_windows(tokenizer, corpus, seq_len=eval_len, n_seqs=eval_seqs)
     held = () if found.carrier is None else (int(found.carrier["position"]),)
-    if backend == "nnsight":
-        from analyses.census.traced import TracedWindowLosses
+    return Prepared(name, corpus, chosen, found, picked, bands, windows, held, seed, level, controls, candidates,
+                    getattr(hf, "config", None), started, time.perf_counter())
 
-        losses: Any = TracedWindowLosses(runner, windows, rows=rows_per_forward, exact=exact, remote=remote)
-    else:
-        losses = WindowLosses(model, windows, rows=rows_per_forward, exact=exact)
+
+def evaluate(losses: Any, work: Prepared, layers: Sequence[int], layers_per_pass: int,
+             progress: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], torch.Tensor]:
+    """Steps 2-4 of the module docstring for ``layers`` of ``work`` with ``losses`` (a
+    :class:`~analyses.census.edits.WindowLosses` or its traced twin): the candidate rows, the
+    control rows and the unedited per-window sums."""
     rows, control_rows, base = [], [], None
-    for group in layer_groups(chosen, layers_per_pass):
+    for group in layer_groups(list(layers), layers_per_pass):
         base = losses.baseline(group)
         for L in group:
-            r, c = _layer(losses, base, L, picked[L], bands[L], held, seed, level, progress)
+            r, c = _layer(losses, base, L, work.picked[L], work.bands[L], work.held, work.seed, work.level, progress)
             rows += r
             control_rows += c
     assert base is not None
-    tokens = windows.shape[0] * (windows.shape[1] - 1)
-    evaluation = {"corpus": corpus, "n_windows": windows.shape[0], "seq_len": windows.shape[1], "n_tokens": tokens,
-                  "baseline_nll": float(base.sum()) / tokens, "baseline_ppl": float(np.exp(float(base.sum()) / tokens)),
-                  "held_positions": list(held)}
-    settings = {"candidates": candidates, "controls": controls, "band": BAND, "level": level, "seed": seed,
-                "bootstrap": BOOTSTRAP, "rows_per_forward": rows_per_forward, "share_prefix": losses.share,
-                "edit": "recomputed (exact)" if exact else "subtracted", "backend": backend, "remote": remote}
-    timing = {"scan_s": scanned - started, "evaluate_s": time.perf_counter() - scanned, "forwards": losses.forwards,
-              "edits": len(rows) * (controls + 2)}
-    return Census(name, corpus, chosen, rows, control_rows, _scan_summary(found), evaluation, settings,
-                  compare(name, getattr(hf, "config", None), rows, chosen), timing)
+    return rows, control_rows, base
 
 
 def read_bands(model: nn.Module, cells: dict[int, list[tuple[int, int]]], controls: int,

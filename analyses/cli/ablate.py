@@ -63,9 +63,7 @@ def ablate_cmd(
         if ray:
             from analyses.ablate.on_ray import run_plans_ray
 
-            load = dict(dtype=model.dtype, device=model.device, allow_download=model.download,
-                        trust_remote_code=model.trust_remote_code, device_map=model.device_map)
-            table = run_plans_ray(model.model, load, ev, plans, address=None if ray == "local" else ray, num_workers=workers,
+            table = run_plans_ray(model.model, model.load_kwargs(), ev, plans, address=None if ray == "local" else ray, num_workers=workers,
                                   tasks=task_list, limit=limit, progress=advance, gpus_per_worker=gpus_per_worker)
         else:
             table = run_plans(loaded.model, ev, plans, progress=advance, tokenizer=loaded.tokenizer, tasks=task_list,

@@ -28,6 +28,9 @@ def census_cmd(
     eval_len: int = typer.Option(64, "--eval-len", help="Tokens per evaluation window."),
     seed: int = typer.Option(0, "--seed", help="Seed of the controls and of the bootstrap."),
     rows: int = typer.Option(32, "--rows", help="Rows (windows x edits) per edited forward pass."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Spread the layers over Ray workers: 'local' (a private Ray on "
+                                                           "this machine), 'auto' or HOST:PORT / ray://HOST:PORT (a cluster)."),
+    workers: int = typer.Option(2, "--workers", help="Ray workers (each loads the model once)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write census.json, census.csv and census.html here."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -39,14 +42,22 @@ def census_cmd(
 
     if candidates < 1 or controls < 1:
         raise ProbeError(f"--candidates ({candidates}) and --controls ({controls}) must be at least 1")
+    if ray and (model.remote or model.backend != "torch"):
+        raise ProbeError("--ray runs the edits on workers that load the weights: use it with --backend torch, "
+                         "without --remote")
     chosen = parse_layers(layers)
     loaded, backend, where = model.load_for()
     total = len(chosen or range(n_layers(hf_module(loaded.model)))) * (candidates + 2) * (controls + 2)
+    sizes = dict(name=loaded.name, corpus=corpus, layers=chosen, candidates=candidates, controls=controls, n_seqs=n_seqs,
+                 seq_len=seq_len, eval_seqs=eval_seqs, eval_len=eval_len, seed=seed, rows_per_forward=rows)
     with progress_bar(as_json, "census", total) as advance:
-        result = census(loaded.model, loaded.tokenizer, name=loaded.name, corpus=corpus, layers=chosen,
-                        candidates=candidates, controls=controls, n_seqs=n_seqs, seq_len=seq_len, eval_seqs=eval_seqs,
-                        eval_len=eval_len, seed=seed, rows_per_forward=rows, progress=advance, backend=backend,
-                        remote=where)
+        if ray:
+            from analyses.census.on_ray import census_ray
+
+            result = census_ray(loaded.model, loaded.tokenizer, model.model, model.load_kwargs(),
+                                address=None if ray == "local" else ray, num_workers=workers, progress=advance, **sizes)
+        else:
+            result = census(loaded.model, loaded.tokenizer, progress=advance, backend=backend, remote=where, **sizes)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         result.write_json(out_dir / "census.json")

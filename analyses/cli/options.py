@@ -105,12 +105,16 @@ class ModelArgs:
     backend: Backend = Backend.torch
     remote: Optional[Remote] = None
 
+    def load_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`probe.models.load_model` besides the spec (also what Ray workers load with)."""
+        return dict(dtype=self.dtype, device=self.device, allow_download=self.download,
+                    trust_remote_code=self.trust_remote_code, device_map=self.device_map)
+
     def load(self) -> Any:
         """The model loaded here (:func:`probe.models.load_model`)."""
         from probe.models import load_model
 
-        return load_model(self.model, dtype=self.dtype, device=self.device, allow_download=self.download,
-                          trust_remote_code=self.trust_remote_code, device_map=self.device_map)
+        return load_model(self.model, **self.load_kwargs())
 
     def load_for(self) -> tuple[Any, str, bool | str]:
         """The model for ``--backend``/``--remote``, the backend and the ``remote`` argument of the
