@@ -179,6 +179,7 @@ def test_bad_arguments_are_probe_errors():
         census(model, CharTokenizer(), backend="ray", **SIZES)
 
 
+@pytest.mark.filterwarnings("ignore:Module .* has a submodule named 'output'")  # BERT/RoBERTa under nnsight
 @pytest.mark.parametrize("family", FAMILIES, ids=str)
 def test_nnsight_census_equals_the_torch_census(family):
     """Edits as interventions in nnsight traces (no shared prefix, the exact recompute in the trace)

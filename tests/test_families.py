@@ -225,10 +225,7 @@ def test_every_plan_equals_the_edit_done_by_hand_and_in_the_trace(planted, scann
             edited = measure(planted.model, EVAL, plan)
             assert edited["nll"] == pytest.approx(_by_hand(planted, plan), rel=1e-6, abs=1e-7), plan
             traced = measure(planted.model, EVAL, plan, backend="nnsight")
-            if mode == "super":  # the down projection's output is recomputed: another summation order
-                assert traced["ppl"] == pytest.approx(edited["ppl"], rel=1e-5), plan
-            else:
-                assert traced == edited, plan
+            assert traced == edited, plan  # the super weight too: recomputed by the module's own arithmetic
     assert all(torch.equal(before[n], p) for n, p in planted.model.named_parameters()), "weights restored"
 
 

@@ -110,7 +110,7 @@ def test_remote_local_capture_equals_torch(smol, smol_ids, remote_lm, side):
 
 def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
     """Every ablation mode as interventions in simulated NDIF requests (the weights untouched)
-    gives the table of the weight edits: exact, ``super`` to rel 1e-5 (see analyses.ablate.traced).
+    gives the table of the weight edits bit for bit, ``super`` too (see analyses.ablate.traced).
     The plans for a layer other than the origin come from a remote capture too."""
     rows = token_windows(smol.tokenizer, load_corpus("stdlib"), seq_len=32, n_seqs=2)  # those of the scan
     plans = []
@@ -131,10 +131,8 @@ def test_remote_local_ablations_equal_weight_edits(smol, native, remote_lm):
     assert done == [1] * 8
     assert traced["baseline"] == edited["baseline"]
     for a, b in zip(edited["results"], traced["results"], strict=True):
-        if a["mode"] == "super":
-            assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5) and b["ratio"] > 10
-        else:
-            assert b == a
+        assert b == a
+    assert next(r for r in traced["results"] if r["mode"] == "super")["ratio"] > 10
     assert edited["results"][0]["ratio"] > 3  # zeroing the five massive weights hurts
     served = dict(remote_lm.model._module.named_parameters())  # the "server's" weights: never edited
     assert all(torch.equal(served[name], p) for name, p in smol.model.named_parameters())

@@ -150,8 +150,8 @@ class RandomRows(Zero):
 @mode("super")
 class Super(Mode):
     """Zero the single weight ``W_down[dim, neuron]`` joining the top neuron to the massive dim.
-    In the trace, output ``dim`` of the down projection is recomputed without it (equal up to
-    summation order)."""
+    In the trace, output ``dim`` of the down projection is recomputed without it (the module's own
+    arithmetic on a zeroed copy of ``W_down``: equal to the weight edit bit for bit)."""
 
     def plans(self, target: Target, ks: list[int], seeds: int) -> list[Plan]:
         return [Plan(self.name, target.layer, 1, (target.top[0],), dims=(target.dim,))]

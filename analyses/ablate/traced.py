@@ -10,9 +10,11 @@ token, with ``x`` the FFN input and ``h`` the FFN intermediate state (input of `
   to ``b[N]`` (0 without a bias). Exact: a zero row's dot product is exactly 0 and the other
   outputs do not depend on it (``tests`` compare bit for bit).
 - ``retain``: the same on every row not in ``N``.
-- ``super`` (``W_down[d, n] = 0``): output ``d`` of the down projection is recomputed as
-  ``h . w + b[d]``, ``w`` = row ``d`` of ``W_down`` with entry ``n`` zeroed. Equal up to
-  rounding (another summation order than the matmul's; the tests allow rel 1e-5 on perplexity).
+- ``super`` (``W_down[d, n] = 0``): output ``d`` of the down projection is recomputed from its
+  input by what the module's forward runs (``F.linear``, or ``addmm`` for GPT-2's ``Conv1D``) on a
+  copy of ``W_down`` with the entry zeroed (:func:`zeroed_forward`): the same kernel on the same
+  shapes as a weight-edited forward, so equal to it bit for bit on the CPU (tested), at the price
+  of one more down projection and a copy of ``W_down`` per batch.
 - ``residual-zero`` / ``residual-mean``: ``hook_resid_post[:, p, d] = value`` after the block,
   as :func:`probe.edit.edit_residual`.
 
@@ -30,12 +32,13 @@ from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from analyses.ablate.data import Plan, Step
 from analyses.ablate.modes import get_mode
 from analyses.evaluate.likelihood import Perplexity, sum_nll
-from probe.arch import get_path, input_device, layer, weight_view
+from probe.arch import arch_for, get_path, input_device, layer
 from probe.backends import as_nnsight, envoy_at, hf_module, shipped
 from probe.errors import ProbeError
 from probe.offload import held
@@ -64,21 +67,31 @@ def apply(runner: Any, step: Step) -> None:
     elif step.kind == "recompute":
         h = envoy.input
         out = envoy.output
-        with held(root, weight_view(root, step.layer, "W_down").module):
-            view = weight_view(root, step.layer, "W_down")  # the loaded weights
-            rows = view.matrix[list(step.cols)].to(h, copy=True)
-            bias = None if view.bias is None else view.bias[list(step.cols)].to(h)
-        rows[:, list(step.zeroed)] = 0
-        new = h @ rows.T
-        if bias is not None:
-            new = new + bias
-        out[..., torch.tensor(step.cols, device=out.device)] = new
+        module = get_path(root, step.path)
+        with held(root, module):  # the loaded weights
+            new = zeroed_forward(module, h, step.cols, step.zeroed, arch_for(root).conv1d)
+        cols = torch.tensor(step.cols, device=out.device)
+        out[..., cols] = new[..., cols].to(out)
     else:
         assert step.point is not None
         resid = step.point.get(envoy.output)
         pos = torch.tensor(step.positions, device=resid.device)
         dims = torch.tensor(step.cols, device=resid.device)
         resid[:, pos[:, None], dims[None, :]] = step.value
+
+
+def zeroed_forward(module: nn.Module, x: torch.Tensor, rows: Sequence[int], cols: Sequence[int],
+                   conv1d: bool = False) -> torch.Tensor:
+    """``module``'s output on ``x`` with ``W[rows, cols]`` zero (``nn.Linear`` layout: row = output,
+    col = input), computed as its ``forward`` computes it (``F.linear``; ``Conv1D``, stored ``in x
+    out``: ``addmm``) on a copy of its weight: a weight-edited forward, bit for bit, the module untouched."""
+    weight = module.weight.detach().clone()
+    r, c = torch.tensor(list(rows)), torch.tensor(list(cols))
+    if conv1d:
+        weight[c[:, None], r[None, :]] = 0
+        return torch.addmm(module.bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[1])
+    weight[r[:, None], c[None, :]] = 0
+    return F.linear(x, weight, module.bias)
 
 
 def traced_perplexities(model: Any, windows: torch.Tensor, plans: Sequence[Plan | None], remote: bool | str = False,

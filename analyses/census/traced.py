@@ -4,8 +4,8 @@ nnsight model), the weights never touched.
 The same arithmetic as :mod:`analyses.census.edits`, as interventions. A forward of ``k`` copies of a
 batch of windows, copy ``c`` carrying edit ``c``, edits the output of layer ``L``'s down projection
 in the trace: ``exact`` (default) recomputes copy ``c``'s down projection from its input with a copy
-of ``W_down`` whose entry ``[row, col]`` is zero (``F.linear``, or ``addmm`` for GPT-2's ``Conv1D``:
-what the module's ``forward`` runs, so the numbers equal a weight-edited forward bit for bit on the
+of ``W_down`` whose entry ``[row, col]`` is zero (:func:`analyses.ablate.traced.zeroed_forward`: what
+the module's ``forward`` runs, so the numbers equal a weight-edited forward bit for bit on the
 CPU), else subtracts ``W[row, col] h_col`` (:func:`~analyses.census.edits.zeroed_output`); ``held``
 positions keep output ``row``. The per-window NLL sums are taken in the trace from the model's own
 logits (one number per window comes back). No shared prefix: the replay needs hooks in the
@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from analyses.ablate.traced import zeroed_forward
 from analyses.census.edits import Zeroed, zeroed_output
 from probe.arch import arch_for, get_path, input_device
 from probe.backends import envoy_at, hf_module, module_paths, shipped
@@ -106,14 +107,9 @@ def edit_in_trace(runner: Any, edits: Sequence[Zeroed], per: int, exact: bool) -
     module = get_path(runner._module, path)
     conv1d = arch_for(root).conv1d
     with weights_held(runner._module, module):
-        weight, bias = module.weight.detach(), module.bias
         for c, e in enumerate(edits):
             part = slice(c * per, (c + 1) * per)
-            edited = weight.clone()
-            edited[(e.col, e.row) if conv1d else (e.row, e.col)] = 0
             x = h3[part]
-            if conv1d:  # transformers' Conv1D.forward
-                new = torch.addmm(bias, x.reshape(-1, x.shape[-1]), edited).view(*x.shape[:-1], edited.shape[1])
-            else:  # nn.Linear.forward; OPT's down projection takes the flattened rows
-                new = F.linear(x.reshape(-1, x.shape[-1]) if h.dim() == 2 else x, edited, bias).view(*x.shape[:-1], -1)
+            x = x.reshape(-1, x.shape[-1]) if h.dim() == 2 else x  # OPT's down projection takes the flattened rows
+            new = zeroed_forward(module, x, [e.row], [e.col], conv1d).reshape(*h3[part].shape[:-1], -1)
             y3[part, :, e.row] = torch.where(held[part], y3[part, :, e.row], new[..., e.row])
