@@ -136,7 +136,7 @@ def lifecycle(model: Any, tokenizer: Any, scan: Any, plans: list[Plan], eval_win
     (:func:`analyses.attention.sinks.traced`), the plan's edits run as interventions
     (:func:`analyses.ablate.traced.apply`, as the traced ablations) and the block's output is
     reduced; the perplexities are the traced ones (:func:`~analyses.ablate.run.run_plans`).
-    Equal to the torch path up to the rounding of the super-weight recomputation (tested)."""
+    Equal to the torch path to float32 rounding (the server's attention kernel against eager; tested)."""
     from analyses.ablate.modes import get_mode
     from analyses.ablate.run import run_plans
     from analyses.attention.sinks import _windows
