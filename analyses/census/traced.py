@@ -88,7 +88,7 @@ def edit_in_trace(runner: Any, edits: Sequence[Zeroed], per: int, exact: bool) -
     at the output of its layer's down projection (module docstring; all edits of one layer)."""
     (layer,) = {e.layer for e in edits}
     root = hf_module(runner)
-    post, out = resolve(root, [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.mlp.hook_out"])
+    (out,) = resolve(root, [f"blocks.{layer}.mlp.hook_out"])  # the down projection: its input is hook_post
     path = module_paths(root)[id(out.module)]
     envoy = envoy_at(runner, path)
     h = envoy.input
