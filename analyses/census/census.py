@@ -128,7 +128,7 @@ def census(model: nn.Module, tokenizer: Any, name: str = "model", corpus: str = 
     if backend == "nnsight":
         from analyses.census.traced import TracedWindowLosses
 
-        losses: Any = TracedWindowLosses(runner, work.windows, rows=rows_per_forward, exact=exact, remote=remote)
+        losses: WindowLosses = TracedWindowLosses(runner, work.windows, rows=rows_per_forward, exact=exact, remote=remote)
     else:
         losses = WindowLosses(model, work.windows, rows=rows_per_forward, exact=exact)
     rows, control_rows, base = evaluate(losses, work, work.layers, layers_per_pass, progress)
@@ -196,11 +196,12 @@ def prepare(runner: Any, tokenizer: Any, name: str, corpus: str, layers: Sequenc
                     getattr(hf, "config", None), started, time.perf_counter())
 
 
-def evaluate(losses: Any, work: Prepared, layers: Sequence[int], layers_per_pass: int,
+def evaluate(losses: WindowLosses, work: Prepared, layers: Sequence[int], layers_per_pass: int,
              progress: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], torch.Tensor]:
     """Steps 2-4 of the module docstring for ``layers`` of ``work`` with ``losses`` (a
-    :class:`~analyses.census.edits.WindowLosses` or its traced twin): the candidate rows, the
-    control rows and the unedited per-window sums."""
+    :class:`~analyses.census.edits.WindowLosses`, or its subclass for nnsight traces,
+    :class:`~analyses.census.traced.TracedWindowLosses`): the candidate rows, the control rows and
+    the unedited per-window sums."""
     rows, control_rows, base = [], [], None
     for group in layer_groups(list(layers), layers_per_pass):
         base = losses.baseline(group)
@@ -283,7 +284,7 @@ def _candidates(layer: int, pairs: list[dict[str, Any]], found: MassiveScan, k: 
     return out
 
 
-def _layer(losses: Any, base: torch.Tensor, layer: int, picked: list[dict[str, Any]],
+def _layer(losses: WindowLosses, base: torch.Tensor, layer: int, picked: list[dict[str, Any]],
            bands: dict[tuple[int, int], Band], held: tuple[int, ...], seed: int, level: float,
            progress: Callable[[int], None] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate the candidates of one layer, their restored versions and their controls."""

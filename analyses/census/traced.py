@@ -15,14 +15,14 @@ server's forward, so every forward runs all blocks.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from analyses.ablate.traced import zeroed_forward
-from analyses.census.edits import Zeroed, zeroed_output
-from probe.arch import arch_for, get_path, input_device
+from analyses.census.edits import WindowLosses, Zeroed, zeroed_output
+from probe.arch import arch_for, get_path
 from probe.backends import envoy_at, hf_module, module_paths, shipped
 from probe.hookpoints import resolve
 from probe.offload import held as weights_held
@@ -37,40 +37,24 @@ def window_sums(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     return nll.view(batch.shape[0], -1).double().sum(-1).cpu()
 
 
-class TracedWindowLosses:
+class TracedWindowLosses(WindowLosses):
     """:class:`~analyses.census.edits.WindowLosses` on an nnsight model ``runner`` (``remote``:
     ``False`` here, ``True`` on NDIF, ``"local"`` simulated): the same interface and numbers, one
-    trace per forward (module docstring)."""
+    trace per forward and no shared prefix (module docstring)."""
 
     def __init__(self, runner: Any, windows: torch.Tensor, rows: int = 32, exact: bool = True,
                  remote: bool | str = False) -> None:
-        self.model, self.remote, self.exact = runner, remote, exact
-        self.windows = windows if remote else windows.to(input_device(hf_module(runner)))
-        self.batch = max(1, min(rows, windows.shape[0]))
-        self.copies = max(1, rows // self.batch)
-        self.share = False
-        self.forwards = 0
+        super().__init__(hf_module(runner), windows, rows, share_prefix=False, exact=exact)
+        self.model, self.remote = runner, remote
+        if remote:
+            self.windows = windows  # sent with each request
 
-    @property
-    def batches(self) -> list[torch.Tensor]:
-        return list(torch.split(self.windows, self.batch))
+    def _group(self, group: Sequence[Zeroed]) -> torch.Tensor:
+        k = len(group)
+        return torch.cat([self._sums(batch.repeat(k, 1), group).view(k, batch.shape[0]) for batch in self.batches],
+                         dim=1)
 
-    def baseline(self, layers: Sequence[int] = ()) -> torch.Tensor:
-        """``(E,)`` float64 sums of the unedited model (``layers``: unused, no prefix to record)."""
-        return torch.cat([self._sums(batch, []) for batch in self.batches])
-
-    def edited(self, edits: Sequence[Zeroed], progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """``(len(edits), E)`` float64 sums, edit by edit (all of one layer), ``self.copies`` per forward."""
-        out = []
-        for start in range(0, len(edits), self.copies):
-            group = list(edits[start : start + self.copies])
-            out.append(torch.cat([self._sums(batch.repeat(len(group), 1), group).view(len(group), batch.shape[0])
-                                  for batch in self.batches], dim=1))
-            if progress:
-                progress(len(group))
-        return torch.cat(out) if out else torch.zeros(0, self.windows.shape[0], dtype=torch.float64)
-
-    def _sums(self, batch: torch.Tensor, group: list[Zeroed]) -> torch.Tensor:
+    def _sums(self, batch: torch.Tensor, group: Sequence[Zeroed] = ()) -> torch.Tensor:
         import nnsight
 
         self.forwards += 1
