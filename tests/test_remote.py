@@ -258,3 +258,24 @@ def test_remote_local_census_equals_the_torch_census(smol, native, remote_lm):
     assert simulated.evaluation == local.evaluation and simulated.settings["remote"] == "local"
     sw = next(r for r in simulated.rows if r["super_weight"])
     assert (sw["row"], sw["col"]) == (native.super_weight["row"], native.super_weight["col"]) and sw["causal"]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.adapter != "bert"], ids=str)
+def test_remote_local_lifecycle_on_every_causal_family(family, smol):
+    """The traced lifecycle's stages (FFN rows zeroed, a super weight, a residual edit, each in the
+    trace) against the torch path's weight edits, on each family's own attention and layout."""
+    from analyses.ablate import Plan
+
+    model = _tiny(family)
+    ids = torch.randint(3, VOCAB - 8, (3, 8), generator=torch.Generator().manual_seed(7))
+    found = scan(model, None, windows=ids, prepend=None, batch_size=2)
+    plans = [Plan("zero", 1, 2, (0, 1)), Plan("super", 1, 1, (0,), dims=(0,)),
+             Plan("residual-zero", 1, 1, dims=(0,), positions=(0,))]
+    local = lifecycle(model, None, found, plans, ids, batch_size=2)
+    simulated = lifecycle(as_nnsight(model, "local", smol.tokenizer), None, found, plans, ids, batch_size=2,
+                          backend="nnsight", remote="local")
+    for a, b in zip(local.stages, simulated.stages, strict=True):
+        assert b.massive_max == pytest.approx(a.massive_max, rel=1e-5), (family, a.label)
+        assert b.mean_attn_first == pytest.approx(a.mean_attn_first, abs=1e-5), (family, a.label)
+        assert b.ppl == pytest.approx(a.ppl, rel=1e-6), (family, a.label)
+    assert any(s.massive_max != local.stages[0].massive_max for s in local.stages[1:])  # the edits do something
